@@ -1,0 +1,51 @@
+# One entry point for people and CI. `make demo` and `make test` are the README's two commands.
+SHELL := /bin/bash
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_LOGGING_LEVEL ?= WARNING
+export PREFECT_SERVER_LOGGING_LEVEL ?= WARNING
+export DASK_LOGGING__DISTRIBUTED ?= warning
+
+.PHONY: install demo test test-fast lint typecheck check oracle check-corpus clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv and install the project with its dev tools
+
+demo: install  ## run the whole pipeline (dvc repro) on the default synthetic corpus
+	python -m stages.run dvc repro
+	python -m pipeline.oracle
+
+test: install  ## the whole test suite, end-to-end test included
+	python -m pytest
+
+test-fast: install  ## unit tests only
+	python -m pytest -m "not slow and not e2e"
+
+lint: install
+	ruff check pipeline stages tests
+	ruff format --check pipeline stages tests
+
+typecheck: install
+	mypy
+
+check: lint typecheck test  ## everything CI and the pre-commit hook run
+
+oracle: install  ## the oracle's 1:2 matching accuracy on unseen identities
+	python -m pipeline.oracle
+
+check-corpus: install  ## MTCNN one-face rate and VAD speech fraction on the generated corpus
+	python -m pipeline.synth.check data/synth
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,144 @@
+"""Typed views of ``params.yaml``: one pydantic model per section, unknown keys rejected.
+
+``params.yaml`` is the single source of truth for everything that changes results; there are no
+hidden defaults here (every field is required unless it is genuinely optional, like a published
+split file). Execution knobs (workers, device, server URL) come from the environment instead, so
+that changing them does not invalidate DVC's caches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from ruamel.yaml import YAML
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseParams(_Section):
+    seed: int
+
+
+class DataParams(_Section):
+    """Which dataset the pipeline reads."""
+
+    layout: Literal["synth", "voxceleb2", "voxceleb1"]
+    root: str
+    meta: str
+    #: Optional published identity split: a PINs ``identity_splits.txt`` or a folder holding the
+    #: Wen split's ``vox1_{train,val,test}.csv``. ``null``: the manifest stage draws splits itself.
+    split_file: str | None = None
+    #: VoxCeleb1 only: folder of the 1 fps face crops (``unzippedFaces``), relative to ``root``.
+    faces_dir: str | None = None
+
+
+class SynthPreset(_Section):
+    identities: int = Field(ge=4)
+    videos_per_identity: int = Field(ge=1)
+    utterances_per_video: int = Field(ge=1)
+    min_duration_s: float = Field(gt=0.5)
+    max_duration_s: float = Field(gt=0.5)
+
+    @model_validator(mode="after")
+    def _durations(self) -> SynthPreset:
+        if self.max_duration_s < self.min_duration_s:
+            raise ValueError("max_duration_s must be >= min_duration_s")
+        return self
+
+
+class SynthCalibration(_Section):
+    face_noise: float = Field(ge=0)
+    voice_noise: float = Field(ge=0)
+    gender_strength: float = Field(gt=0)
+
+
+class SynthParams(_Section):
+    """The built-in synthetic corpus (see ``shared/docs/SYNTHETIC.md``)."""
+
+    preset: str
+    presets: dict[str, SynthPreset]
+    frame_size_px: int = Field(ge=64)
+    fps: int = Field(ge=1)
+    sample_rate_hz: Literal[8000, 16000, 32000, 48000]
+    calibration: SynthCalibration
+
+    @model_validator(mode="after")
+    def _known_preset(self) -> SynthParams:
+        if self.preset != "none" and self.preset not in self.presets:
+            raise ValueError(
+                f"preset {self.preset!r} is not one of {sorted(self.presets)} or 'none'"
+            )
+        return self
+
+    def active(self) -> SynthPreset | None:
+        """The selected preset, or ``None`` when generation is switched off (``preset: none``)."""
+        return None if self.preset == "none" else self.presets[self.preset]
+
+
+class ManifestParams(_Section):
+    """How identities are split (when no published split file is given)."""
+
+    train_fraction: float = Field(gt=0, lt=1)
+    val_fraction: float = Field(ge=0, lt=1)
+    seen_heard_videos: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> ManifestParams:
+        if self.train_fraction + self.val_fraction >= 1:
+            raise ValueError(
+                "train_fraction + val_fraction must leave identities for the test split"
+            )
+        return self
+
+
+class FaceStageParams(_Section):
+    """Face detection on sampled frames (facenet-pytorch MTCNN)."""
+
+    rate_fps: float = Field(gt=0)
+    min_face_size_px: int = Field(ge=12)
+    thresholds: tuple[float, float, float]
+    factor: float = Field(gt=0, lt=1)
+    batch_size: int = Field(ge=1)
+
+
+class VoiceStageParams(_Section):
+    """Voice activity detection (webrtcvad plus an energy gate)."""
+
+    vad_aggressiveness: Literal[0, 1, 2, 3]
+    vad_frame_ms: Literal[10, 20, 30]
+    vad_padding_ms: int = Field(ge=0)
+    energy_gate_db: float = Field(gt=0)
+
+
+class Params(_Section):
+    base: BaseParams
+    data: DataParams
+    synth: SynthParams
+    manifest: ManifestParams
+    face: FaceStageParams
+    voice: VoiceStageParams
+
+
+class ParamsError(ValueError):
+    """``params.yaml`` is missing, unreadable or invalid; the message names the file."""
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate ``params.yaml`` (with ruamel, YAML 1.2 like DVC)."""
+    p = Path(path)
+    try:
+        raw: Any = YAML(typ="safe").load(p.read_text())
+    except FileNotFoundError as e:
+        raise ParamsError(f"{p}: not found") from e
+    except Exception as e:  # ruamel raises many types for malformed YAML
+        raise ParamsError(f"{p}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{p}: top level must be a mapping of sections")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise ParamsError(f"{p}: invalid parameters:\n{e}") from e

@@ -1,0 +1,218 @@
+"""Every on-disk table of the pipeline: its Arrow schema, version, sort key, and safe I/O.
+
+One place owns the contract between stages. Each table is written with its name and version in
+the Parquet metadata, rows sorted by its natural key, units in column names, and atomically
+(temporary file, then rename). Readers check name and version and fail with the file's path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.atomic import atomic_path
+
+_META_NAME = b"voxface.table"
+_META_VERSION = b"voxface.version"
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """A named, versioned Arrow schema with the columns that order its rows."""
+
+    name: str
+    version: int
+    schema: pa.Schema
+    sort_by: tuple[str, ...]
+
+    def with_metadata(self) -> pa.Schema:
+        return self.schema.with_metadata(
+            {_META_NAME: self.name.encode(), _META_VERSION: str(self.version).encode()}
+        )
+
+
+class SchemaError(ValueError):
+    """A table on disk or in memory does not match its declared schema."""
+
+
+SPLITS: tuple[str, ...] = ("train", "val", "test_unseen", "test_seen")
+
+MANIFEST = TableSchema(
+    name="manifest",
+    version=1,
+    schema=pa.schema(
+        [
+            pa.field("clip_key", pa.string(), nullable=False),  # <identity>/<video_id>/<utterance>
+            pa.field("identity", pa.string(), nullable=False),
+            pa.field("video_id", pa.string(), nullable=False),
+            pa.field("utterance", pa.string(), nullable=False),
+            pa.field("split", pa.string(), nullable=False),  # one of SPLITS
+            pa.field("gender", pa.string()),  # "m" / "f" / null
+            pa.field("nationality", pa.string()),
+            pa.field("media_path", pa.string(), nullable=False),  # relative to the dataset root
+            pa.field(
+                "media_kind", pa.string(), nullable=False
+            ),  # "video" (mp4 + audio), "audio", "audio_crops" (Vox1)
+            pa.field("face_dir", pa.string()),  # VoxCeleb1: folder of 1 fps face crops
+            pa.field("n_face_crops", pa.int32(), nullable=False),
+            pa.field("size_bytes", pa.int64(), nullable=False),
+        ]
+    ),
+    sort_by=("clip_key",),
+)
+
+MANIFEST_SKIPPED = TableSchema(
+    name="manifest_skipped",
+    version=1,
+    schema=pa.schema(
+        [
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("reason", pa.string(), nullable=False),
+        ]
+    ),
+    sort_by=("path",),
+)
+
+SYNTH_IDENTITIES = TableSchema(
+    name="synth_identities",
+    version=1,
+    schema=pa.schema(
+        [
+            pa.field("identity", pa.string(), nullable=False),
+            pa.field("name", pa.string(), nullable=False),
+            pa.field("gender", pa.string(), nullable=False),
+            pa.field("age_years", pa.float64(), nullable=False),
+            pa.field("nationality", pa.string(), nullable=False),
+            pa.field("build", pa.float64(), nullable=False),
+            pa.field("hair_style", pa.string(), nullable=False),
+            pa.field("hair_darkness", pa.float64(), nullable=False),
+            pa.field("hair_red", pa.float64(), nullable=False),
+            pa.field("eye_color", pa.string(), nullable=False),
+            pa.field("glasses", pa.bool_(), nullable=False),
+            pa.field("speech_rate", pa.float64(), nullable=False),
+            pa.field("tilt_db", pa.float64(), nullable=False),
+            *[
+                pa.field(c, pa.float64(), nullable=False)
+                for c in (
+                    "face_width",
+                    "jaw_width",
+                    "brow_thickness",
+                    "brow_height",
+                    "wrinkles",
+                    "grey_hair",
+                    "skin_lum",
+                    "skin_warm",
+                    "nose_width",
+                    "lip_fullness",
+                    "stubble",
+                    "f0_log2",
+                    "vtl_cm",
+                    "f1_shift",
+                    "f2_shift",
+                    "jitter",
+                    "breathiness",
+                )
+            ],
+        ]
+    ),
+    sort_by=("identity",),
+)
+
+SYNTH_CLIPS = TableSchema(
+    name="synth_clips",
+    version=1,
+    schema=pa.schema(
+        [
+            pa.field("path", pa.string(), nullable=False),  # relative to the corpus root
+            pa.field("identity", pa.string(), nullable=False),
+            pa.field("video_id", pa.string(), nullable=False),
+            pa.field("utterance", pa.int32(), nullable=False),
+            pa.field("duration_s", pa.float64(), nullable=False),
+            pa.field("f0_factor", pa.float64(), nullable=False),
+            pa.field("n_frames", pa.int32(), nullable=False),
+            pa.field("speech_fraction", pa.float64(), nullable=False),
+            pa.field("speech_start_s", pa.list_(pa.float64()), nullable=False),
+            pa.field("speech_end_s", pa.list_(pa.float64()), nullable=False),
+            pa.field("mouth_open_mean", pa.float64(), nullable=False),
+            *[
+                pa.field(c, pa.float64(), nullable=False)
+                for c in (
+                    "light_x",
+                    "light_y",
+                    "light_z",
+                    "light_gain",
+                    "warmth",
+                    "bg_top_r",
+                    "bg_top_g",
+                    "bg_top_b",
+                    "bg_shade",
+                    "cloth_r",
+                    "cloth_g",
+                    "cloth_b",
+                    "zoom",
+                    "tilt_rad",
+                    "motion_px",
+                    "camera_noise",
+                    "noise_dbfs",
+                    "level_dbfs",
+                    "eq_low_db",
+                )
+            ],
+            pa.field("render_seed", pa.int64(), nullable=False),
+        ]
+    ),
+    sort_by=("path",),
+)
+
+
+def to_table(frame: pd.DataFrame, spec: TableSchema) -> pa.Table:
+    """Conform a frame to ``spec``: exact columns, cast types, sorted rows, schema metadata."""
+    names = spec.schema.names
+    missing = [c for c in names if c not in frame.columns]
+    extra = [c for c in frame.columns if c not in names]
+    if missing or extra:
+        raise SchemaError(
+            f"table {spec.name!r}: missing columns {missing}, unexpected columns {extra}"
+        )
+    for field in spec.schema:
+        if not field.nullable and frame[field.name].isna().any():
+            raise SchemaError(f"table {spec.name!r}: column {field.name!r} has nulls")
+    ordered = frame[names].sort_values(list(spec.sort_by), kind="mergesort").reset_index(drop=True)
+    try:
+        table = pa.Table.from_pandas(ordered, schema=spec.schema, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as e:
+        raise SchemaError(f"table {spec.name!r}: {e}") from e
+    return table.replace_schema_metadata(spec.with_metadata().metadata)
+
+
+def write_table(frame: pd.DataFrame, path: Path | str, spec: TableSchema) -> Path:
+    """Validate and write ``frame`` as ``spec`` to ``path`` atomically; returns the path."""
+    table = to_table(frame, spec)
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return target
+
+
+def read_table(path: Path | str, spec: TableSchema) -> pd.DataFrame:
+    """Read a table written by :func:`write_table`, checking its name and version."""
+    p = Path(path)
+    try:
+        table = pq.read_table(p)
+    except FileNotFoundError as e:
+        raise SchemaError(f"{p}: not found") from e
+    except (pa.ArrowInvalid, OSError) as e:
+        raise SchemaError(f"{p}: not a readable Parquet file: {e}") from e
+    meta = table.schema.metadata or {}
+    name = meta.get(_META_NAME, b"").decode()
+    version = meta.get(_META_VERSION, b"").decode()
+    if name != spec.name or version != str(spec.version):
+        raise SchemaError(
+            f"{p}: holds table {name or '?'!r} v{version or '?'}, "
+            f"expected {spec.name!r} v{spec.version}"
+        )
+    return table.to_pandas()

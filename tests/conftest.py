@@ -1,0 +1,30 @@
+"""Shared fixtures: quiet, isolated Prefect; a tiny rendered corpus; the real sample clips."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REALDATA = REPO.parent / "shared" / "realdata"
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _prefect_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    """``../shared/realdata`` (skips the test when it is absent)."""
+    if not (REALDATA / "manifest.csv").is_file():
+        pytest.skip("../shared/realdata not present")
+    return REALDATA

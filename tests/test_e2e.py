@@ -1,0 +1,103 @@
+"""End to end: `dvc repro` on the tiny preset in a fresh repository, twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.schema import MANIFEST, read_table
+from tests.conftest import REPO
+
+COPY = [
+    "pipeline",
+    "stages",
+    "dvc.yaml",
+    "params.yaml",
+    "pyproject.toml",
+    ".dvcignore",
+    ".dvc/config",
+    ".gitignore",
+]
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}"
+    return res.stdout + res.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], float]:
+    repo = tmp_path_factory.mktemp("e2e") / "repo"
+    for item in COPY:
+        src, dst = REPO / item, repo / item
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    params = repo / "params.yaml"
+    params.write_text(params.read_text().replace("preset: default", "preset: tiny", 1))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("PREFECT_API_URL", None)
+    _run(["git", "init", "-q"], repo, env)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo, env)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo, env)
+    t0 = time.perf_counter()
+    out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
+    wall = time.perf_counter() - t0
+    print(f"tiny dvc repro: {wall:.1f} s")
+    assert "Running stage 'synth'" in out and "Running stage 'manifest'" in out
+    return repo, env, wall
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_outputs_exist_and_are_consistent(tiny_repo: tuple[Path, dict[str, str], float]) -> None:
+    repo, _, _ = tiny_repo
+    synth = json.loads((repo / "reports/synth.json").read_text())
+    report = json.loads((repo / "reports/manifest.json").read_text())
+    assert synth["clips"] == 24 * 2 * 2 == report["clips"]
+    clips = read_table(repo / "data/manifest/clips.parquet", MANIFEST)
+    assert set(clips.split) == {"train", "val", "test_unseen", "test_seen"}
+    assert all((repo / "data/synth" / p).is_file() for p in clips.media_path)
+    assert (repo / "data/synth/ground_truth/identities.parquet").is_file()
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_second_repro_does_nothing(tiny_repo: tuple[Path, dict[str, str], float]) -> None:
+    repo, env, _ = tiny_repo
+    out = _run(["dvc", "repro"], repo, env)
+    assert "Running stage" not in out
+    assert "Data and pipelines are up to date" in out
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_metrics_and_oracle_commands(tiny_repo: tuple[Path, dict[str, str], float]) -> None:
+    repo, env, _ = tiny_repo
+    shown = _run(["dvc", "metrics", "show", "--json"], repo, env)
+    assert "speech_fraction_truth_mean" in shown and "test_unseen" in shown
+    oracle = json.loads(_run([sys.executable, "-m", "pipeline.oracle"], repo, env))
+    assert oracle["test_identities"] >= 4 and 0.5 < oracle["oracle_1to2_v2f_U"] <= 1.0
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_changing_split_params_reruns_only_the_manifest(
+    tiny_repo: tuple[Path, dict[str, str], float],
+) -> None:
+    repo, env, _ = tiny_repo
+    params = repo / "params.yaml"
+    params.write_text(params.read_text().replace("val_fraction: 0.10", "val_fraction: 0.15", 1))
+    out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
+    assert "Running stage 'manifest'" in out
+    assert "Running stage 'synth'" not in out

@@ -1,0 +1,262 @@
+"""The manifest: metadata parsing, layout scanning, splits, and clear errors on bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.manifest import (
+    ManifestError,
+    build_manifest,
+    draw_identity_splits,
+    read_meta,
+    read_split_file,
+)
+from pipeline.params import DataParams, ManifestParams
+
+SPLIT = ManifestParams(train_fraction=0.6, val_fraction=0.2, seen_heard_videos=1)
+
+
+def _touch(path: Path, data: bytes = b"\x00\x01") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def vox2_tree(root: Path, n_ids: int = 10, videos: int = 3, utts: int = 2) -> Path:
+    """A VoxCeleb2-layout tree of placeholder files and its (trailing-space) metadata CSV."""
+    lines = ["VoxCeleb2 ID ,VGGFace2 ID ,Gender ,Set "]
+    for i in range(1, n_ids + 1):
+        ident = f"id{i:05d}"
+        lines.append(f"{ident} ,n{i:06d} ,{'m' if i % 2 else 'f'} ,dev ")
+        for v in range(videos):
+            for u in range(1, utts + 1):
+                _touch(root / "mp4" / ident / f"vid{i:03d}_{v:03d}x" / f"{u:05d}.mp4")
+    meta = root / "vox2_meta.csv"
+    meta.write_text("\n".join(lines) + "\n")
+    return meta
+
+
+def vox1_tree(root: Path) -> Path:
+    """VoxCeleb1 layout: wav utterances + face crops in unzippedFaces/<name>/1.6/<video>."""
+    rows = ["VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet"]
+    for i, (name, g, nat) in enumerate(
+        [
+            ("A.J._Buckley", "m", "Ireland"),
+            ("Abbie_Cornish", "f", "Australia"),
+            ("Ben_Stiller", "m", "USA"),
+            ("Amy_Poehler", "f", "USA"),
+            ("Alan_Alda", "m", "USA"),
+            ("Alice_Eve", "f", "UK"),
+        ],
+        start=10001,
+    ):
+        ident = f"id{i}"
+        rows.append(f"{ident}\t{name}\t{g}\t{nat}\tdev")
+        for v in ("1zcIwhmdeo4", "7gWzIy6yIIk"):
+            _touch(root / "wav" / ident / v / "00001.wav")
+            _touch(root / "wav" / ident / v / "00002.wav")
+            if not (i == 10001 and v == "7gWzIy6yIIk"):  # one video without crops
+                _touch(root / "unzippedFaces" / name / "1.6" / v / "0000375.jpg")
+                _touch(root / "unzippedFaces" / name / "1.6" / v / "0000400.jpg")
+    meta = root / "vox1_meta.csv"
+    meta.write_text("\n".join(rows) + "\n")
+    return meta
+
+
+def data_params(root: Path, meta: Path, **kw: object) -> DataParams:
+    return DataParams(layout=kw.pop("layout", "voxceleb2"), root=str(root), meta=str(meta), **kw)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ metadata
+
+
+def test_vox2_meta_with_trailing_spaces(tmp_path: Path) -> None:
+    meta = read_meta(vox2_tree(tmp_path, n_ids=3))
+    assert list(meta.identity) == ["id00001", "id00002", "id00003"]
+    assert list(meta.gender) == ["m", "f", "m"]
+    assert meta.nationality.isna().all()
+
+
+def test_vox1_meta_tab_separated(tmp_path: Path) -> None:
+    meta = read_meta(vox1_tree(tmp_path))
+    assert meta.loc[0, "name"] == "A.J._Buckley" and meta.loc[0, "nationality"] == "Ireland"
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("", "empty"),
+        ("Foo,Bar\nid00001,m\n", "lacks an identity column"),
+        ("VoxCeleb2 ID,Gender\nid00001,x\n", "gender 'x'"),
+        ("VoxCeleb2 ID,Gender\nperson1,m\n", "not of the form idNNNNN"),
+        ("VoxCeleb2 ID,Gender\nid00001,m\nid00001,f\n", "more than once"),
+        ("VoxCeleb2 ID,Gender\nid00001,m,extra\n", "line 2 has 3 fields"),
+    ],
+)
+def test_malformed_meta_names_file_and_problem(tmp_path: Path, content: str, problem: str) -> None:
+    path = tmp_path / "meta.csv"
+    path.write_text(content)
+    with pytest.raises(ManifestError, match=problem) as err:
+        read_meta(path)
+    assert str(path) in str(err.value)
+
+
+def test_missing_meta_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="metadata file not found"):
+        read_meta(tmp_path / "nope.csv")
+
+
+def test_non_utf8_meta(tmp_path: Path) -> None:
+    path = tmp_path / "meta.csv"
+    path.write_bytes(b"VoxCeleb2 ID,Gender\n\xff\xfe,m\n")
+    with pytest.raises(ManifestError, match="not UTF-8"):
+        read_meta(path)
+
+
+# ------------------------------------------------------------------ splits
+
+
+def test_drawn_splits_are_disjoint_stratified_and_deterministic() -> None:
+    ids = pd.DataFrame({"identity": [f"id{i:05d}" for i in range(100)], "gender": ["m", "f"] * 50})
+    a = draw_identity_splits(ids, SPLIT, seed=1)
+    assert a == draw_identity_splits(ids, SPLIT, seed=1)
+    assert a != draw_identity_splits(ids, SPLIT, seed=2)
+    counts = pd.Series(a).value_counts()
+    assert counts.to_dict() == {"train": 60, "val": 20, "test_unseen": 20}
+    g = dict(zip(ids.identity, ids.gender, strict=True))
+    test_genders = pd.Series([g[k] for k, v in a.items() if v == "test_unseen"]).value_counts()
+    assert test_genders["m"] == test_genders["f"] == 10
+
+
+def test_tiny_groups_still_get_a_test_identity() -> None:
+    ids = pd.DataFrame({"identity": ["id00001", "id00002", "id00003"], "gender": ["m"] * 3})
+    s = draw_identity_splits(
+        ids, ManifestParams(train_fraction=0.9, val_fraction=0.0, seen_heard_videos=1), 0
+    )
+    assert sorted(s.values()) == ["test_unseen", "train", "train"]
+
+
+def test_pins_split_file(tmp_path: Path) -> None:
+    f = tmp_path / "identity_splits.txt"
+    f.write_text("id10001 1\nid10002 2\n3 id10003\nid10004 4\n")
+    assert read_split_file(f) == {
+        "id10001": "train",
+        "id10002": "val",
+        "id10003": "seen",
+        "id10004": "test_unseen",
+    }
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("id10001 7\n", "code 1-4"),
+        ("id10001 1\nid10001 2\n", "listed twice"),
+        ("\n", "no identities"),
+        ("a b c\n", "expected"),
+    ],
+)
+def test_bad_pins_split_file(tmp_path: Path, content: str, problem: str) -> None:
+    f = tmp_path / "identity_splits.txt"
+    f.write_text(content)
+    with pytest.raises(ManifestError, match=problem) as err:
+        read_split_file(f)
+    assert str(f) in str(err.value)
+
+
+def test_wen_split_folder_with_crlf_and_none_rows(tmp_path: Path) -> None:
+    head = "VoxCeleb1_ID,VGGFace1_ID,Gender,Nationality,Set\r\n"
+    (tmp_path / "vox1_train.csv").write_bytes(
+        (head + "id10001,A,m,USA,dev\r\nid10002,B,f,UK,none\r\n").encode()
+    )
+    (tmp_path / "vox1_val.csv").write_bytes((head + "id10003,C,m,USA,dev\r\n").encode())
+    (tmp_path / "vox1_test.csv").write_bytes((head + "id10004,D,f,USA,test\r\n").encode())
+    assert read_split_file(tmp_path) == {
+        "id10001": "train",
+        "id10003": "val",
+        "id10004": "test_unseen",
+    }
+
+
+# ------------------------------------------------------------------ building the manifest
+
+
+def test_vox2_manifest(tmp_path: Path) -> None:
+    meta = vox2_tree(tmp_path)
+    _touch(tmp_path / "mp4" / "id00001" / "vidzzz" / "00009.mp4", b"")  # zero bytes
+    _touch(tmp_path / "mp4" / "id09999" / "vidyyy" / "00001.mp4")  # not in metadata
+    _touch(tmp_path / "mp4" / "id00002" / "vid002_000x" / "clip.mp4")  # bad name
+    res = build_manifest(data_params(tmp_path, meta), SPLIT, seed=0)
+    c = res.clips
+    assert len(c) == 60
+    assert res.report["skipped_by_reason"] == {
+        "empty file": 1,
+        "file name is not an utterance number (NNNNN)": 1,
+        "identity not in metadata": 1,
+    }
+    # Identity-disjoint splits; seen-heard clips belong to training identities' held-out videos.
+    id_splits = c[c.split != "test_seen"].groupby("identity").split.nunique()
+    assert (id_splits == 1).all()
+    train_ids = set(c.identity[c.split == "train"])
+    assert set(c.identity[c.split == "test_seen"]) == train_ids
+    seen_videos = set(c.video_id[c.split == "test_seen"])
+    assert not seen_videos & set(c.video_id[c.split == "train"])
+    assert set(c.identity[c.split == "test_unseen"]).isdisjoint(train_ids)
+    assert c.clip_key.iloc[0] == "id00001/" + c.video_id.iloc[0] + "/" + c.utterance.iloc[0]
+    assert res.report["splits"]["test_seen"]["videos"] == len(train_ids)  # type: ignore[index]
+
+
+def test_manifest_is_deterministic(tmp_path: Path) -> None:
+    meta = vox2_tree(tmp_path)
+    a = build_manifest(data_params(tmp_path, meta), SPLIT, seed=3).clips.sort_values("clip_key")
+    b = build_manifest(data_params(tmp_path, meta), SPLIT, seed=3).clips.sort_values("clip_key")
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))
+
+
+def test_manifest_with_published_split(tmp_path: Path) -> None:
+    meta = vox2_tree(tmp_path, n_ids=4)
+    split = tmp_path / "identity_splits.txt"
+    split.write_text("id00001 1\nid00002 3\nid00003 4\n")  # id00004 not listed
+    res = build_manifest(data_params(tmp_path, meta, split_file=str(split)), SPLIT, seed=0)
+    by_id = res.clips.groupby("identity").split.agg(lambda s: sorted(set(s)))
+    assert by_id.to_dict() == {
+        "id00001": ["train"],
+        "id00002": ["test_seen", "train"],
+        "id00003": ["test_unseen"],
+    }
+    assert res.report["skipped_by_reason"] == {"identity not in split file": 6}
+
+
+def test_vox1_manifest_joins_face_crops(tmp_path: Path) -> None:
+    meta = vox1_tree(tmp_path)
+    res = build_manifest(
+        data_params(tmp_path, meta, layout="voxceleb1", faces_dir="unzippedFaces"), SPLIT, seed=0
+    )
+    c = res.clips
+    assert len(c) == 22 and (c.media_kind == "audio_crops").all() and (c.n_face_crops == 2).all()
+    row = c[c.identity == "id10002"].iloc[0]
+    assert row.face_dir == f"unzippedFaces/Abbie_Cornish/1.6/{row.video_id}"
+    assert row.nationality == "Australia"
+    assert res.report["skipped_by_reason"] == {"no face crops for this video": 2}
+
+
+def test_missing_root_and_wrong_layout(tmp_path: Path) -> None:
+    meta = vox2_tree(tmp_path / "ok", n_ids=2)
+    with pytest.raises(ManifestError, match="dataset root"):
+        build_manifest(data_params(tmp_path / "absent", meta), SPLIT, seed=0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ManifestError, match="not a VoxCeleb2-layout root"):
+        build_manifest(data_params(tmp_path / "empty", meta), SPLIT, seed=0)
+    with pytest.raises(ManifestError, match="faces_dir"):
+        build_manifest(data_params(tmp_path / "ok", meta, layout="voxceleb1"), SPLIT, seed=0)
+
+
+def test_no_usable_clips(tmp_path: Path) -> None:
+    meta = vox2_tree(tmp_path, n_ids=2)
+    other = tmp_path / "meta2.csv"
+    other.write_text("VoxCeleb2 ID,Gender\nid00077,m\n")
+    with pytest.raises(ManifestError, match="no usable clips"):
+        build_manifest(data_params(tmp_path, other), SPLIT, seed=0)
+    del meta

@@ -1,0 +1,111 @@
+"""Decoding, face detection and VAD adapters on generated and real clips."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from pipeline.faces import DetectorConfig, FaceDetector
+from pipeline.media import MediaError, read_audio, read_frames, sample_times
+from pipeline.vad import VadConfig, frame_decisions, speech_segments
+
+DET = DetectorConfig(40, (0.6, 0.7, 0.7), 0.709, 32)
+VAD = VadConfig(2, 30, 0, 35.0)
+
+
+def test_sample_times_are_centred() -> None:
+    np.testing.assert_allclose(sample_times(3.2, 1.0), [0.5, 1.5, 2.5])
+    np.testing.assert_allclose(sample_times(0.4, 1.0), [0.5])  # always at least one
+
+
+def _video_only(path: Path) -> Path:
+    with av.open(str(path), "w", format="mp4") as out:
+        s = out.add_stream("libx264", rate=25)
+        s.width = s.height = 64
+        s.pix_fmt = "yuv420p"
+        for k in range(10):
+            f = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 20 * k, np.uint8), format="rgb24")
+            for pkt in s.encode(f):
+                out.mux(pkt)
+        for pkt in s.encode():
+            out.mux(pkt)
+    return path
+
+
+def test_bad_files_raise_media_errors_naming_the_file(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 20)
+    silent = _video_only(tmp_path / "silent.mp4")
+    with pytest.raises(MediaError, match="empty.mp4: empty file"):
+        read_frames(empty, 1.0)
+    with pytest.raises(MediaError, match="absent.mp4: file not found"):
+        read_audio(tmp_path / "absent.mp4")
+    with pytest.raises(MediaError, match="corrupt.mp4: cannot decode video"):
+        read_frames(corrupt, 1.0)
+    with pytest.raises(MediaError, match="silent.mp4: cannot decode audio"):
+        read_audio(silent)
+    assert read_frames(silent, 5.0)[1].shape == (2, 64, 64, 3)
+
+
+def test_vad_config_validation_and_segments() -> None:
+    with pytest.raises(ValueError, match="frame_ms"):
+        VadConfig(2, 25, 0, 35.0)
+    with pytest.raises(ValueError, match="aggressiveness"):
+        VadConfig(4, 30, 0, 35.0)
+    assert speech_segments(np.array([0, 1, 1, 0, 1], bool), 30) == [(0.03, 0.09), (0.12, 0.15)]
+
+
+def test_vad_energy_gate_rejects_faint_noise_after_digital_silence() -> None:
+    rng = np.random.default_rng(0)
+    sr = 16000
+    t = np.arange(sr) / sr
+    tone = 0.3 * np.sin(2 * np.pi * 150 * t) * (1 + np.sin(2 * np.pi * 4 * t)) / 2
+    voiced = tone + 0.3 * np.sign(np.sin(2 * np.pi * 120 * t)) * 0.2
+    audio = np.concatenate([np.zeros(sr // 2), 1e-4 * rng.standard_normal(sr), voiced]).astype(
+        np.float32
+    )
+    gated = frame_decisions(audio, sr, VAD)
+    n_noise = (sr // 2 + sr) // 480
+    assert not gated[sr // 2 // 480 : n_noise].any()
+
+
+def _real_rows(realdata: Path) -> list[dict[str, str]]:
+    with open(realdata / "manifest.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_clips_decode_or_fail_clearly(realdata: Path) -> None:
+    """MPEG-1, FLV/VP6, MP3, MPEG-4 and H.264 files: audio decodes; video decodes or says why."""
+    for row in _real_rows(realdata):
+        path = realdata / row["file"]
+        audio = read_audio(path, 16000)
+        assert abs(len(audio) / 16000 - float(row["duration_s"])) < 0.2, row["file"]
+        if row["has_video"] == "True":
+            _, frames = read_frames(path, 1.0)
+            assert frames.ndim == 4 and frames.shape[-1] == 3
+        else:
+            with pytest.raises(MediaError, match="no video stream"):
+                read_frames(path, 1.0)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_voxceleb2_clips_have_faces_and_speech(realdata: Path) -> None:
+    det = FaceDetector(DET)
+    for row in _real_rows(realdata):
+        if not row["file"].startswith("pcavs_voxceleb2"):
+            continue
+        path = realdata / row["file"]
+        _, frames = read_frames(path, 1.0)
+        n = [len(d.probs) for d in det.detect(frames)]
+        assert np.mean([k >= 1 for k in n]) >= 0.95, (row["file"], n)
+        flags = frame_decisions(read_audio(path), 16000, VAD)
+        assert flags.mean() > 0.5 and speech_segments(flags, 30), row["file"]
