@@ -292,15 +292,17 @@ def draw_identity_splits(
 
 
 def hold_out_videos(
-    clips: pd.DataFrame, candidates: set[str], per_identity: int, seed: int
+    clips: pd.DataFrame, candidates: set[str], per_identity: int, fraction: float, seed: int
 ) -> set[tuple[str, str]]:
-    """(identity, video) pairs held out as seen-heard test: ``per_identity`` videos of each
-    candidate identity, always leaving it at least one training video."""
+    """(identity, video) pairs held out as seen-heard test: ``per_identity`` videos of a
+    ``fraction`` of the candidate identities, always leaving each at least one training video."""
     rng = np.random.default_rng(seed + 1)
     held: set[tuple[str, str]] = set()
     videos = clips[["identity", "video_id"]].drop_duplicates().sort_values(["identity", "video_id"])
+    pool = sorted(candidates & set(videos["identity"]))
+    chosen = set(rng.permutation(np.array(pool, dtype=object))[: round(len(pool) * fraction)])
     for ident, group in videos.groupby("identity", sort=True):
-        if ident not in candidates:
+        if ident not in chosen:
             continue
         vids = group["video_id"].to_numpy()
         k = min(per_identity, len(vids) - 1)
@@ -363,12 +365,14 @@ def build_manifest(
         clips = clips[listed].copy()
         id_split = {k: ("train" if v == "seen" else v) for k, v in published.items()}
         seen_candidates = {k for k, v in published.items() if v == "seen"}
+        seen_fraction = 1.0  # the file names the seen-heard identities itself
     else:
         present = meta[meta["identity"].isin(set(clips["identity"]))]
         id_split = draw_identity_splits(present, params, seed)
         seen_candidates = {k for k, v in id_split.items() if v == "train"}
+        seen_fraction = params.seen_heard_fraction
     clips["split"] = clips["identity"].map(id_split)
-    held = hold_out_videos(clips, seen_candidates, params.seen_heard_videos, seed)
+    held = hold_out_videos(clips, seen_candidates, params.seen_heard_videos, seen_fraction, seed)
     is_held = [(i, v) in held for i, v in zip(clips["identity"], clips["video_id"], strict=True)]
     clips.loc[np.array(is_held, dtype=bool), "split"] = "test_seen"
     clips["clip_key"] = clips["identity"] + "/" + clips["video_id"] + "/" + clips["utterance"]

@@ -85,6 +85,7 @@ class ManifestParams(_Section):
     train_fraction: float = Field(gt=0, lt=1)
     val_fraction: float = Field(ge=0, lt=1)
     seen_heard_videos: int = Field(ge=0)
+    seen_heard_fraction: float = Field(ge=0, le=1)
 
     @model_validator(mode="after")
     def _fractions(self) -> ManifestParams:

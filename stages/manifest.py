@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     except ManifestError as e:
         fail(str(e))
     write_json(args.metrics, report)
+    splits = ", ".join(f"{k} {v['clips']}" for k, v in report["splits"].items())
+    print(f"manifest: {report['clips']} clips ({splits}); {report['skipped']} skipped -> {args.out}")
 
 
 if __name__ == "__main__":

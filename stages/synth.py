@@ -148,6 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     with prefect_api():
         report = synth_flow.with_options(task_runner=task_runner())(spec, args.out)
     write_json(args.metrics, {"preset": params.synth.preset, **report})
+    print(
+        f"synth: {report['clips']} clips ({report['duration_s_total']:.0f} s) of "
+        f"{report['identities']} identities -> {args.out}"
+    )
 
 
 if __name__ == "__main__":

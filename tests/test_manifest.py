@@ -16,7 +16,9 @@ from pipeline.manifest import (
 )
 from pipeline.params import DataParams, ManifestParams
 
-SPLIT = ManifestParams(train_fraction=0.6, val_fraction=0.2, seen_heard_videos=1)
+SPLIT = ManifestParams(
+    train_fraction=0.6, val_fraction=0.2, seen_heard_videos=1, seen_heard_fraction=1.0
+)
 
 
 def _touch(path: Path, data: bytes = b"\x00\x01") -> None:
@@ -133,7 +135,11 @@ def test_drawn_splits_are_disjoint_stratified_and_deterministic() -> None:
 def test_tiny_groups_still_get_a_test_identity() -> None:
     ids = pd.DataFrame({"identity": ["id00001", "id00002", "id00003"], "gender": ["m"] * 3})
     s = draw_identity_splits(
-        ids, ManifestParams(train_fraction=0.9, val_fraction=0.0, seen_heard_videos=1), 0
+        ids,
+        ManifestParams(
+            train_fraction=0.9, val_fraction=0.0, seen_heard_videos=1, seen_heard_fraction=1.0
+        ),
+        0,
     )
     assert sorted(s.values()) == ["test_unseen", "train", "train"]
 
@@ -206,6 +212,17 @@ def test_vox2_manifest(tmp_path: Path) -> None:
     assert set(c.identity[c.split == "test_unseen"]).isdisjoint(train_ids)
     assert c.clip_key.iloc[0] == "id00001/" + c.video_id.iloc[0] + "/" + c.utterance.iloc[0]
     assert res.report["splits"]["test_seen"]["videos"] == len(train_ids)  # type: ignore[index]
+
+
+def test_seen_heard_fraction_of_training_identities(tmp_path: Path) -> None:
+    meta = vox2_tree(tmp_path, n_ids=20)
+    half = SPLIT.model_copy(update={"seen_heard_fraction": 0.5, "seen_heard_videos": 5})
+    c = build_manifest(data_params(tmp_path, meta), half, seed=0).clips
+    n_train = c.identity[c.split == "train"].nunique()
+    assert c.identity[c.split == "test_seen"].nunique() == n_train // 2
+    # Asking for 5 of 3 videos holds out 2: each keeps one training video.
+    train_videos = c[c.split == "train"].groupby("identity").video_id.nunique()
+    assert sorted(set(train_videos)) == [1, 3]
 
 
 def test_manifest_is_deterministic(tmp_path: Path) -> None:
