@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(e))
     write_json(args.metrics, report)
     splits = ", ".join(f"{k} {v['clips']}" for k, v in report["splits"].items())
-    print(f"manifest: {report['clips']} clips ({splits}); {report['skipped']} skipped -> {args.out}")
+    print(f"manifest: {report['clips']} clips ({splits}); {report['skipped']} skipped")
 
 
 if __name__ == "__main__":
