@@ -12,7 +12,7 @@ export PREFECT_LOGGING_LEVEL ?= WARNING
 export PREFECT_SERVER_LOGGING_LEVEL ?= WARNING
 export DASK_LOGGING__DISTRIBUTED ?= warning
 
-.PHONY: install demo test test-fast lint typecheck check oracle check-corpus clean
+.PHONY: install demo test test-fast lint typecheck check oracle check-corpus bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,8 +33,8 @@ test-fast: install  ## unit tests only
 	python -m pytest -m "not slow and not e2e"
 
 lint: install
-	ruff check pipeline stages tests
-	ruff format --check pipeline stages tests
+	ruff check pipeline stages tests benchmarks
+	ruff format --check pipeline stages tests benchmarks
 
 typecheck: install
 	mypy
@@ -46,6 +46,9 @@ oracle: install  ## the oracle's 1:2 matching accuracy on unseen identities
 
 check-corpus: install  ## MTCNN one-face rate and VAD speech fraction on the generated corpus
 	python -m pipeline.synth.check data/synth
+
+bench: install  ## preprocessing throughput vs the bare decode+detect loop (after make demo)
+	python -m benchmarks.preprocess
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache

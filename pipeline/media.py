@@ -8,9 +8,13 @@ reported to hang in native code on damaged files).
 
 from __future__ import annotations
 
+import glob
+import os
 from pathlib import Path
 
 import numpy as np
+
+VOX1_FPS = 25.0  # VoxCeleb1 face-crop file names are frame numbers at 25 fps
 
 
 class MediaError(RuntimeError):
@@ -20,7 +24,8 @@ class MediaError(RuntimeError):
 def _reason(err: Exception, stream: str) -> str:
     """A one-line reason from decord's multi-line C++ error text."""
     text = str(err)
-    if f"cannot find {stream} stream" in text or "stream with wanted index: -1" in text:
+    lowered = text.lower()
+    if f"find {stream} stream" in lowered or "stream with wanted index: -1" in lowered:
         return f"no {stream} stream in the file"
     if "Invalid data found" in text or "Error reading" in text:
         return "invalid or corrupt data"
@@ -76,3 +81,31 @@ def read_audio(path: Path | str, sample_rate_hz: int = 16000) -> np.ndarray:
     except Exception as e:
         raise MediaError(f"{p}: cannot decode audio: {_reason(e, 'audio')}") from e
     return np.ascontiguousarray(samples.reshape(-1), dtype=np.float32)
+
+
+def read_crop_folder(folder: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """VoxCeleb1's 1 fps face crops of one video: (times_s, frame numbers, frames)."""
+    from PIL import Image
+
+    files = sorted(glob.glob(os.path.join(folder, "*.jpg")))
+    if not files:
+        raise MediaError(f"{folder}: no face crops (*.jpg)")
+    idx = np.array([int(Path(f).stem) for f in files])
+    frames = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    return idx / VOX1_FPS, idx, frames
+
+
+def read_video_samples(path: str, rate_fps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frames sampled at ``rate_fps``: (times_s, sample time in ms as index, frames)."""
+    times, frames = read_frames(path, rate_fps)
+    return times, np.round(times * 1000).astype(np.int64), frames
+
+
+def read_face_frames(
+    kind: str, path: str, rate_fps: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frames to detect faces in, for a manifest row of ``media_kind`` ``kind``: VoxCeleb1's
+    crop folder (``audio_crops``) or frames sampled from a video."""
+    if kind == "audio_crops":
+        return read_crop_folder(path)
+    return read_video_samples(path, rate_fps)

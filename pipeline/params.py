@@ -97,22 +97,37 @@ class ManifestParams(_Section):
 
 
 class FaceStageParams(_Section):
-    """Face detection on sampled frames (facenet-pytorch MTCNN)."""
+    """The ``faces`` stage: frames sampled per clip, MTCNN detection, the clip's face cropped."""
 
     rate_fps: float = Field(gt=0)
     min_face_size_px: int = Field(ge=12)
     thresholds: tuple[float, float, float]
     factor: float = Field(gt=0, lt=1)
     batch_size: int = Field(ge=1)
+    min_prob: float = Field(ge=0, le=1)
+    margin: float = Field(ge=0)
+    crop_size_px: int = Field(ge=16)
+    jpeg_quality: int = Field(ge=10, le=100)
+    shard_clips: int = Field(ge=1)
+    max_failure_fraction: float = Field(ge=0, le=1)
 
 
 class VoiceStageParams(_Section):
-    """Voice activity detection (webrtcvad plus an energy gate)."""
+    """The ``voice`` stage: VAD (webrtcvad + energy gate) and log-mel features of the speech."""
 
+    sample_rate_hz: Literal[8000, 16000, 32000, 48000]
     vad_aggressiveness: Literal[0, 1, 2, 3]
     vad_frame_ms: Literal[10, 20, 30]
     vad_padding_ms: int = Field(ge=0)
     energy_gate_db: float = Field(gt=0)
+    min_speech_s: float = Field(ge=0)
+    front_end: Literal["fbank", "melspec"]
+    n_mels: int = Field(ge=8)
+    win_ms: float = Field(gt=0)
+    hop_ms: float = Field(gt=0)
+    normalize: bool
+    shard_clips: int = Field(ge=1)
+    max_failure_fraction: float = Field(ge=0, le=1)
 
 
 class Params(_Section):

@@ -169,6 +169,63 @@ SYNTH_CLIPS = TableSchema(
 )
 
 
+FACE_FRAMES = TableSchema(
+    name="face_frames",
+    version=1,
+    schema=pa.schema(
+        [
+            pa.field("clip_key", pa.string(), nullable=False),
+            pa.field("frame_index", pa.int32(), nullable=False),  # index in the decoded video
+            pa.field("time_s", pa.float64(), nullable=False),
+            pa.field("box_px", pa.list_(pa.float32(), 4), nullable=False),  # x1 y1 x2 y2
+            pa.field("landmarks_px", pa.list_(pa.float32(), 10), nullable=False),  # 5 (x, y)
+            pa.field("prob", pa.float32(), nullable=False),
+            pa.field("n_faces", pa.int16(), nullable=False),  # faces MTCNN found in the frame
+            pa.field("crop_size_px", pa.int16(), nullable=False),
+            pa.field("crop_jpeg", pa.binary(), nullable=False),
+        ]
+    ),
+    sort_by=("clip_key", "frame_index"),
+)
+
+VOICE_FEATURES = TableSchema(
+    name="voice_features",
+    version=1,
+    schema=pa.schema(
+        [
+            pa.field("clip_key", pa.string(), nullable=False),
+            pa.field("sample_rate_hz", pa.int32(), nullable=False),
+            pa.field("duration_s", pa.float64(), nullable=False),
+            pa.field("speech_s", pa.float64(), nullable=False),
+            pa.field("segment_start_s", pa.list_(pa.float64()), nullable=False),
+            pa.field("segment_end_s", pa.list_(pa.float64()), nullable=False),
+            pa.field("front_end", pa.string(), nullable=False),  # e.g. "fbank64"
+            pa.field("hop_ms", pa.float32(), nullable=False),
+            pa.field("n_frames", pa.int32(), nullable=False),
+            pa.field("n_bins", pa.int16(), nullable=False),
+            # float16 little-endian, row-major (n_frames, n_bins), speech frames only
+            pa.field("features_f16", pa.binary(), nullable=False),
+        ]
+    ),
+    sort_by=("clip_key",),
+)
+
+FAILURES = TableSchema(
+    name="failures",
+    version=1,
+    schema=pa.schema(
+        [
+            pa.field("clip_key", pa.string(), nullable=False),
+            pa.field("media_path", pa.string(), nullable=False),
+            pa.field("reason", pa.string(), nullable=False),  # short category, e.g. "no_face"
+            pa.field("error_type", pa.string(), nullable=False),
+            pa.field("message", pa.string(), nullable=False),
+        ]
+    ),
+    sort_by=("clip_key",),
+)
+
+
 def to_table(frame: pd.DataFrame, spec: TableSchema) -> pa.Table:
     """Conform a frame to ``spec``: exact columns, cast types, sorted rows, schema metadata."""
     names = spec.schema.names

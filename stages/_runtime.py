@@ -1,7 +1,9 @@
 """Execution knobs shared by the stages, read from the environment (never from params).
 
-- ``VOXFACE_RUNNER``: ``process`` (default), ``thread`` or ``dask``: how a stage's Prefect flow
-  fans its tasks out.
+- ``VOXFACE_RUNNER``: ``thread`` (default), ``process`` or ``dask``: how a stage's Prefect flow
+  fans its tasks out. Threads are the default on one machine: decoding already runs in child
+  processes and MTCNN / torch release the GIL, while a process pool pays ~5 s per worker to
+  import torch (``benchmarks/preprocess.py`` measures both).
 - ``VOXFACE_WORKERS``: pool size (default: the machine's CPU count).
 - ``VOXFACE_DASK_ADDRESS``: scheduler of an existing Dask cluster (``tcp://host:8786``); without
   it, ``dask`` starts a local cluster of ``VOXFACE_WORKERS`` single-threaded processes.
@@ -38,13 +40,18 @@ def limit_native_threads() -> None:
 
 def task_runner() -> TaskRunner[Any]:
     """The task runner chosen by ``VOXFACE_RUNNER`` (see the module docstring)."""
-    kind = os.environ.get("VOXFACE_RUNNER", "process")
+    kind = os.environ.get("VOXFACE_RUNNER", "thread")
     if kind == "process":
         return ProcessPoolTaskRunner(max_workers=workers())
     if kind == "thread":
         return ThreadPoolTaskRunner(max_workers=workers())
     if kind == "dask":
+        import dask
         from prefect_dask.task_runners import DaskTaskRunner
+
+        # Shard tasks decode in child processes, which daemonic Dask workers may not start.
+        # Workers of your own cluster need DASK_DISTRIBUTED__WORKER__DAEMON=False likewise.
+        dask.config.set({"distributed.worker.daemon": False})
 
         address = os.environ.get("VOXFACE_DASK_ADDRESS")
         if address:

@@ -11,13 +11,13 @@ import argparse
 import math
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
 
+from pipeline.atomic import atomic_dir
 from pipeline.params import ParamsError, load_params
 from pipeline.schema import SYNTH_CLIPS, SYNTH_IDENTITIES, write_table
 from pipeline.synth.corpus import CorpusSpec, plan_corpus, render_video
@@ -65,10 +65,7 @@ def synth_flow(spec: CorpusSpec, out: str) -> dict[str, Any]:
     log = get_run_logger()
     t0 = time.perf_counter()
     identities, videos, clips = plan_corpus(spec)
-    final = Path(out)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out) as tmp:
         n_shards = min(len(videos), workers() * 8)
         size = math.ceil(len(videos) / n_shards)
         futures = []
@@ -86,14 +83,6 @@ def synth_flow(spec: CorpusSpec, out: str) -> dict[str, Any]:
         table = clips.merge(truth, on="path").merge(videos, on=["identity", "video_id"])
         write_table(table, gt / "clips.parquet", SYNTH_CLIPS)
         write_meta(identities, tmp / META_NAME)
-        if final.exists():
-            trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-            final.rename(trash)
-            shutil.rmtree(trash)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     wall = time.perf_counter() - t0
     total_s = float(clips.duration_s.sum())
     log.info(

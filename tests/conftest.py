@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,6 +21,18 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 @pytest.fixture(scope="session", autouse=True)
 def _prefect_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+
+
+@pytest.fixture(scope="session")
+def small_corpus(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+    """A rendered 4-identity corpus: (root, clips with their truth, identities)."""
+    from tests.helpers import render_corpus, small_spec
+
+    root = tmp_path_factory.mktemp("synth")
+    ids, _, clips, truth = render_corpus(root, small_spec())
+    return root, clips.merge(truth, on="path"), ids
 
 
 @pytest.fixture(scope="session")

@@ -54,7 +54,8 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
     wall = time.perf_counter() - t0
     print(f"tiny dvc repro: {wall:.1f} s")
-    assert "Running stage 'synth'" in out and "Running stage 'manifest'" in out
+    for stage in ("synth", "manifest", "faces", "voice"):
+        assert f"Running stage '{stage}'" in out
     return repo, env, wall
 
 
@@ -69,6 +70,12 @@ def test_outputs_exist_and_are_consistent(tiny_repo: tuple[Path, dict[str, str],
     assert set(clips.split) == {"train", "val", "test_unseen", "test_seen"}
     assert all((repo / "data/synth" / p).is_file() for p in clips.media_path)
     assert (repo / "data/synth/ground_truth/identities.parquet").is_file()
+    faces = json.loads((repo / "reports/faces.json").read_text())
+    voice = json.loads((repo / "reports/voice.json").read_text())
+    assert faces["clips_in"] == voice["clips_in"] == 96
+    assert faces["face_rate"] >= 0.95 and voice["clips_out"] == 96
+    assert (repo / "data/faces/faces-00000.parquet").is_file()
+    assert (repo / "data/voice/failures.parquet").is_file()
 
 
 @pytest.mark.e2e
@@ -92,6 +99,20 @@ def test_metrics_and_oracle_commands(tiny_repo: tuple[Path, dict[str, str], floa
 
 @pytest.mark.e2e
 @pytest.mark.slow
+def test_changing_a_voice_param_reruns_only_the_voice_branch(
+    tiny_repo: tuple[Path, dict[str, str], float],
+) -> None:
+    repo, env, _ = tiny_repo
+    params = repo / "params.yaml"
+    params.write_text(params.read_text().replace("vad_padding_ms: 300", "vad_padding_ms: 240", 1))
+    out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
+    assert "Running stage 'voice'" in out
+    for stage in ("synth", "manifest", "faces"):
+        assert f"Running stage '{stage}'" not in out
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_changing_split_params_reruns_only_the_manifest(
     tiny_repo: tuple[Path, dict[str, str], float],
 ) -> None:
@@ -101,3 +122,5 @@ def test_changing_split_params_reruns_only_the_manifest(
     out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
     assert "Running stage 'manifest'" in out
     assert "Running stage 'synth'" not in out
+    # faces and voice depend on the manifest's content: it changed, so they rerun.
+    assert "Running stage 'faces'" in out

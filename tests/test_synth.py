@@ -135,10 +135,10 @@ def test_mouth_opening_changes_only_the_mouth(look_scene: tuple[object, object])
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
-    root = tmp_path_factory.mktemp("synth")
-    ids, _, clips, truth = render_corpus(root, small_spec())
-    return root, clips.merge(truth, on="path"), ids
+def corpus(
+    small_corpus: tuple[Path, pd.DataFrame, pd.DataFrame],
+) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+    return small_corpus
 
 
 def test_layout_is_voxceleb2(corpus: tuple[Path, pd.DataFrame, pd.DataFrame]) -> None:

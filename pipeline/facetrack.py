@@ -1,0 +1,199 @@
+"""Choose the face a clip is about, cut it out, and process shards of clips (stage ``faces``).
+
+A talking-face clip can show other people. The clip's face is anchored on the detection that is
+large and central (``area share x (1 - distance from centre)``) among all sampled frames; in
+each frame the detection that overlaps the anchor most is kept, so the track stays on one person.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from pipeline.faces import Detections, DetectorConfig, FaceDetector
+from pipeline.media import read_face_frames
+from pipeline.schema import FACE_FRAMES, write_table
+from pipeline.shard import ClipRef, ShardResult, decode_each
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes ``a`` (N, 4) with one box ``b`` (4,), x1 y1 x2 y2."""
+    x1 = np.maximum(a[:, 0], b[0])
+    y1 = np.maximum(a[:, 1], b[1])
+    x2 = np.minimum(a[:, 2], b[2])
+    y2 = np.minimum(a[:, 3], b[3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[2] - b[0]) * (b[3] - b[1])
+    out: np.ndarray = inter / np.maximum(area_a + area_b - inter, 1e-9)
+    return out
+
+
+def _prominence(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Large and central scores highest: area share x (1 - normalised centre distance)."""
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (width * height)
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2 / width - 0.5
+    cy = (boxes[:, 1] + boxes[:, 3]) / 2 / height - 0.5
+    dist = np.sqrt(cx**2 + cy**2) / np.sqrt(0.5)
+    out: np.ndarray = area * (1.0 - dist)
+    return out
+
+
+def select_track(
+    dets: list[Detections], width: int, height: int, min_prob: float
+) -> list[int | None]:
+    """Per frame, the index of the clip's face among its detections, or None (no usable face)."""
+    best: tuple[float, np.ndarray] | None = None
+    for d in dets:
+        ok = d.probs >= min_prob
+        if ok.any():
+            score = _prominence(d.boxes[ok], width, height)
+            k = int(np.argmax(score))
+            if best is None or score[k] > best[0]:
+                best = (float(score[k]), d.boxes[ok][k])
+    if best is None:
+        return [None] * len(dets)
+    anchor = best[1]
+    out: list[int | None] = []
+    for d in dets:
+        confident = np.flatnonzero(d.probs >= min_prob)
+        if len(confident) == 0:
+            out.append(None)
+            continue
+        overlap = iou(d.boxes[confident], anchor)
+        out.append(int(confident[int(np.argmax(overlap))]))
+    return out
+
+
+def crop_face(frame: np.ndarray, box: np.ndarray, margin: float, size: int) -> np.ndarray:
+    """Square crop around ``box`` enlarged by ``margin`` (fraction of its side), resized to
+    ``size`` px; areas outside the frame are black. Returns (size, size, 3) uint8."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    side = max(x2 - x1, y2 - y1) * (1 + margin)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+    s = max(1, int(round(side)))
+    img = Image.fromarray(frame).crop((left, top, left + s, top + s))  # PIL pads outside with black
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
+
+
+def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+# ---------------------------------------------------------------- the faces stage's shards
+
+
+@dataclass(frozen=True)
+class FaceConfig:
+    rate_fps: float
+    detector: DetectorConfig
+    min_prob: float
+    margin: float
+    crop_size_px: int
+    jpeg_quality: int
+
+
+_detectors: dict[DetectorConfig, FaceDetector] = {}
+
+
+def _detector(cfg: DetectorConfig) -> FaceDetector:
+    """One MTCNN per worker process and configuration (loading takes ~0.1 s)."""
+    if cfg not in _detectors:
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("VOXFACE_THREADS", "1")))
+        _detectors[cfg] = FaceDetector(cfg)
+    return _detectors[cfg]
+
+
+def face_shard(
+    clips: list[ClipRef], root: Path, cfg: FaceConfig, out: Path, timeout_s: float
+) -> ShardResult:
+    """Detect, track and crop the face of every clip; write ``out`` (schema.FACE_FRAMES).
+
+    ``frame_index`` is the crop's frame number for VoxCeleb1 crops and the sample time in ms for
+    decoded videos. Frames without a confident face are dropped and counted; a clip without any
+    becomes a failure row.
+    """
+    res = ShardResult()
+    decoded: list[tuple[ClipRef, np.ndarray, np.ndarray, np.ndarray]] = []
+    items: list[tuple[ClipRef, Path, tuple[Any, ...]]] = []
+    for clip in clips:
+        res.counts["clips_in"] += 1
+        if clip.media_kind == "audio":
+            res.counts["clips_audio_only"] += 1
+            continue
+        crops = clip.media_kind == "audio_crops"
+        path = root / (clip.face_dir if crops and clip.face_dir else clip.media_path)
+        items.append((clip, path, (clip.media_kind, str(path), cfg.rate_fps)))
+    for clip, (t, idx, fr) in decode_each(res, items, timeout_s, read_face_frames):
+        decoded.append((clip, t, idx, fr))
+    # Detect in batches across clips (frames of one size per batch).
+    det = _detector(cfg.detector)
+    by_shape: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+    for ci, (_, _, _, fr) in enumerate(decoded):
+        for fi in range(len(fr)):
+            by_shape.setdefault(fr.shape[1:], []).append((ci, fi))
+    found: dict[tuple[int, int], Detections] = {}
+    for refs in by_shape.values():
+        batch = np.stack([decoded[ci][3][fi] for ci, fi in refs])
+        for ref, d in zip(refs, det.detect(batch), strict=True):
+            found[ref] = d
+    rows: list[dict[str, Any]] = []
+    for ci, (clip, times, idx, frames) in enumerate(decoded):
+        dets = [found[(ci, fi)] for fi in range(len(frames))]
+        h, w = frames.shape[1:3]
+        track = select_track(dets, w, h, cfg.min_prob)
+        res.counts["frames_sampled"] += len(frames)
+        kept = 0
+        for fi, k in enumerate(track):
+            n = len(dets[fi].probs)
+            if n == 0:
+                res.counts["frames_no_face"] += 1
+            if n > 1:
+                res.counts["frames_multi_face"] += 1
+            if k is None:
+                if n:
+                    res.counts["frames_low_confidence"] += 1
+                continue
+            d = dets[fi]
+            crop = crop_face(frames[fi], d.boxes[k], cfg.margin, cfg.crop_size_px)
+            rows.append(
+                {
+                    "clip_key": clip.clip_key,
+                    "frame_index": int(idx[fi]),
+                    "time_s": float(times[fi]),
+                    "box_px": d.boxes[k].astype(np.float32),
+                    "landmarks_px": d.landmarks[k].reshape(-1).astype(np.float32),
+                    "prob": float(d.probs[k]),
+                    "n_faces": n,
+                    "crop_size_px": cfg.crop_size_px,
+                    "crop_jpeg": encode_jpeg(crop, cfg.jpeg_quality),
+                }
+            )
+            kept += 1
+        res.counts["frames_with_face"] += kept
+        if kept:
+            res.counts["clips_out"] += 1
+        else:
+            res.fail(
+                clip,
+                "no_face",
+                f"no face with prob >= {cfg.min_prob} in {len(frames)} sampled frames",
+            )
+    write_table(pd.DataFrame(rows, columns=FACE_FRAMES.schema.names), out, FACE_FRAMES)
+    return res

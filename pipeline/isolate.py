@@ -1,0 +1,204 @@
+"""Run fragile native calls (video decoding) in a child process with a timeout.
+
+decord has been reported to hang in native code on damaged files; a hang inside the stage's own
+worker would freeze the whole stage. :class:`Isolated` keeps one plain child interpreter
+(``python -m pipeline.isolate``, which imports only what the called functions need) and talks to
+it over pipes. When a call overruns its timeout the child is killed and :class:`CallTimeout` is
+raised; when the child dies (a crash in native code), :class:`ChildDied`. The next call starts a
+fresh child. A plain subprocess, unlike ``fork``, is safe from a multi-threaded parent, and unlike
+``spawn``/``forkserver`` it does not re-import the parent's main module.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import pickle
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any, TypeVar
+
+T = TypeVar("T")
+_HEADER = struct.Struct("<Q")
+
+
+class CallTimeout(TimeoutError):
+    """The isolated call did not finish in time; its child process was killed."""
+
+
+class ChildDied(RuntimeError):
+    """The child process exited during the call (e.g. a crash in native code)."""
+
+
+def _send(stream: IO[bytes], obj: object) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        if deadline is not None:
+            left = max(0.0, deadline - time.monotonic())
+            if not select.select([fd], [], [], left)[0]:
+                raise CallTimeout
+        chunk = os.read(fd, min(n - got, 1 << 20))
+        if not chunk:
+            raise ChildDied
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+class Isolated:
+    """A reusable child interpreter: ``with Isolated(30) as iso: iso.call(fn, *args)``.
+
+    ``fn`` must be importable by its module path (it is pickled by reference).
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        self.timeout_s = timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Isolated:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _ensure(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._proc.poll() is not None:
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.isolate"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+            )
+        return self._proc
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the child; exceptions raised there are re-raised here."""
+        (out,) = self.map(fn, [args])
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def map(
+        self, fn: Callable[..., T], arglist: Iterable[tuple[Any, ...]], ahead: int = 2
+    ) -> Iterator[T | BaseException]:
+        """``fn(*args)`` for each args, in order, keeping ``ahead`` requests in flight so the
+        child decodes the next item while the caller works on this one. Yields each result, or
+        the exception it raised (:class:`CallTimeout`, :class:`ChildDied` included)."""
+        todo = iter(arglist)
+        flight: deque[tuple[Any, ...]] = deque()
+        deadline = 0.0
+
+        def send(proc: subprocess.Popen[bytes], args: tuple[Any, ...]) -> None:
+            # A dead child shows up as end of output on the next read; a write may fail first.
+            assert proc.stdin is not None
+            flight.append(args)
+            with contextlib.suppress(BrokenPipeError):
+                _send(proc.stdin, (fn, args))
+
+        def refill(proc: subprocess.Popen[bytes]) -> None:
+            while len(flight) < ahead:
+                nxt = next(todo, None)
+                if nxt is None:
+                    return
+                send(proc, nxt)
+
+        proc = self._ensure()
+        refill(proc)
+        deadline = time.monotonic() + self.timeout_s
+        while flight:
+            assert proc.stdout is not None
+            fd = proc.stdout.fileno()
+            try:
+                (size,) = _HEADER.unpack(_read_exact(fd, _HEADER.size, deadline))
+                _, value = pickle.loads(_read_exact(fd, size, deadline))
+            except (CallTimeout, ChildDied, BrokenPipeError) as e:
+                if isinstance(e, CallTimeout):
+                    self.close(kill=True)
+                    err: BaseException = CallTimeout(f"no result after {self.timeout_s:g} s")
+                else:
+                    err = ChildDied(f"decoder process exited with code {proc.wait()}")
+                    self._proc = None
+                flight.popleft()  # the item being worked on failed; resend the others
+                pending = list(flight)
+                flight.clear()
+                proc = self._ensure()
+                for args in pending:
+                    send(proc, args)
+                refill(proc)
+                deadline = time.monotonic() + self.timeout_s
+                yield err
+                continue
+            flight.popleft()
+            refill(proc)
+            deadline = time.monotonic() + self.timeout_s  # the next item starts now
+            yield value
+
+    def close(self, kill: bool = False) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if kill:
+            proc.kill()
+        else:
+            assert proc.stdin is not None
+            proc.stdin.close()  # the child exits on end of input
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+_shared: dict[tuple[int, float], Isolated] = {}
+_shared_lock = threading.Lock()
+
+
+def shared(timeout_s: float) -> Isolated:
+    """One child per thread and timeout, kept across shards (it starts once, ~0.3 s)."""
+    key = (threading.get_ident(), timeout_s)
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = Isolated(timeout_s)
+            atexit.register(_shared[key].close)
+        return _shared[key]
+
+
+def _serve() -> None:
+    """Child side: read (fn, args) requests until end of input, answer each."""
+    proto_in = os.fdopen(os.dup(0), "rb")
+    proto_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything printed by native code goes to stderr, not into the protocol
+    while True:
+        head = proto_in.read(_HEADER.size)
+        if len(head) < _HEADER.size:
+            return
+        (size,) = _HEADER.unpack(head)
+        fn, args = pickle.loads(proto_in.read(size))
+        try:
+            reply: tuple[str, object] = ("ok", fn(*args))
+        except Exception as e:
+            reply = ("err", e)
+        try:
+            _send(proto_out, reply)
+        except (pickle.PicklingError, TypeError, AttributeError) as e:
+            _send(proto_out, ("err", RuntimeError(f"unpicklable result or error: {e}")))
+
+
+if __name__ == "__main__":
+    _serve()

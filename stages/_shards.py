@@ -1,0 +1,79 @@
+"""Fan a per-shard function out over a stage's clips with Prefect, and gather its report.
+
+Shards are runs of ``shard_clips`` clips in clip-key order, named ``<stage>-<NNNNN>.parquet``:
+the names depend on params only, never on the worker count. Tasks receive clip references and
+return counts and failure rows; the arrays stay in the shard files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+
+from pipeline.schema import FAILURES, write_table
+from pipeline.shard import ClipRef, ShardResult
+
+
+def decode_timeout_s() -> float:
+    """Per-clip decoding timeout (``VOXFACE_DECODE_TIMEOUT_S``, default 60 s)."""
+    return float(os.environ.get("VOXFACE_DECODE_TIMEOUT_S", "60"))
+
+
+def shards(clips: list[ClipRef], size: int) -> list[list[ClipRef]]:
+    ordered = sorted(clips, key=lambda c: c.clip_key)
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+
+@task
+def run_shard(
+    fn: Callable[..., ShardResult],
+    clips: list[ClipRef],
+    root: str,
+    cfg: Any,
+    out: str,
+    timeout: float,
+) -> ShardResult:
+    """One Prefect task: ``fn`` over one shard (runs in a pool worker)."""
+    os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("VOXFACE_THREADS", "1"))
+    return fn(clips, Path(root), cfg, Path(out), timeout)
+
+
+def fan_out(
+    stage: str,
+    fn: Callable[..., ShardResult],
+    clips: list[ClipRef],
+    shard_clips: int,
+    root: Path,
+    cfg: Any,
+    out_dir: Path,
+) -> tuple[Counter[str], pd.DataFrame]:
+    """Submit one task per shard, wait, write ``failures.parquet``; return counts and failures."""
+    futures = [
+        run_shard.submit(
+            fn, part, str(root), cfg, str(out_dir / f"{stage}-{i:05d}.parquet"), decode_timeout_s()
+        )
+        for i, part in enumerate(shards(clips, shard_clips))
+    ]
+    counts: Counter[str] = Counter()
+    failures: list[dict[str, str]] = []
+    for f in futures:
+        res: ShardResult = f.result()
+        counts.update(res.counts)
+        failures += res.failures
+    table = pd.DataFrame(failures, columns=FAILURES.schema.names)
+    write_table(table, out_dir / "failures.parquet", FAILURES)
+    return counts, table
+
+
+def failure_summary(failures: pd.DataFrame, clips_in: int) -> dict[str, Any]:
+    return {
+        "failures": len(failures),
+        "failure_fraction": round(len(failures) / max(clips_in, 1), 4),
+        "failures_by_reason": dict(sorted(Counter(failures["reason"]).items())),
+    }

@@ -1,0 +1,95 @@
+"""DVC stage ``faces``: the face track of every clip, as Parquet shards of JPEG crops.
+
+Samples frames at ``face.rate_fps`` with decord (in an isolated child process per shard task, so
+a hang in native decoding cannot freeze the stage), runs MTCNN in batches, keeps the clip's face
+(large, central, stable), and stores per frame its time, box, landmarks, probability and crop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from pipeline.atomic import atomic_dir
+from pipeline.faces import DetectorConfig
+from pipeline.facetrack import FaceConfig, face_shard
+from pipeline.params import FaceStageParams, ParamsError, load_params
+from pipeline.schema import MANIFEST, read_table
+from pipeline.shard import clip_refs
+from stages._runtime import fail, limit_native_threads, prefect_api, task_runner, write_json
+from stages._shards import failure_summary, fan_out
+
+
+def face_config(p: FaceStageParams) -> FaceConfig:
+    return FaceConfig(
+        rate_fps=p.rate_fps,
+        detector=DetectorConfig(p.min_face_size_px, p.thresholds, p.factor, p.batch_size),
+        min_prob=p.min_prob,
+        margin=p.margin,
+        crop_size_px=p.crop_size_px,
+        jpeg_quality=p.jpeg_quality,
+    )
+
+
+@flow(name="faces")
+def faces_flow(manifest: str, root: str, params: FaceStageParams, out: str) -> dict[str, Any]:
+    """Process every clip of the manifest into ``out``; returns the stage report."""
+    t0 = time.perf_counter()
+    clips = clip_refs(read_table(manifest, MANIFEST))
+    with atomic_dir(out) as tmp:
+        counts, failures = fan_out(
+            "faces", face_shard, clips, params.shard_clips, Path(root), face_config(params), tmp
+        )
+    sampled = counts["frames_sampled"]
+    video_clips = counts["clips_in"] - counts["clips_audio_only"]
+    report = {
+        "clips_in": counts["clips_in"],
+        "clips_audio_only": counts["clips_audio_only"],
+        "clips_out": counts["clips_out"],
+        "frames_sampled": sampled,
+        "frames_with_face": counts["frames_with_face"],
+        "frames_no_face": counts["frames_no_face"],
+        "frames_low_confidence": counts["frames_low_confidence"],
+        "frames_multi_face": counts["frames_multi_face"],
+        "face_rate": round(counts["frames_with_face"] / max(sampled, 1), 4),
+        **failure_summary(failures, video_clips),
+    }
+    print(
+        f"faces: {report['clips_out']}/{video_clips} clips, faces in {report['frames_with_face']}"
+        f"/{sampled} sampled frames, {report['failures']} failures "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--manifest", default="data/manifest/clips.parquet")
+    ap.add_argument("--out", default="data/faces")
+    ap.add_argument("--metrics", default="reports/faces.json")
+    args = ap.parse_args(argv)
+    try:
+        params = load_params(args.params)
+    except ParamsError as e:
+        fail(str(e))
+    limit_native_threads()
+    with prefect_api():
+        report = faces_flow.with_options(task_runner=task_runner())(
+            args.manifest, params.data.root, params.face, args.out
+        )
+    write_json(args.metrics, report)
+    if report["failure_fraction"] > params.face.max_failure_fraction:
+        fail(
+            f"{report['failures']} of the clips failed ({report['failure_fraction']:.1%} > "
+            f"face.max_failure_fraction {params.face.max_failure_fraction:.1%}); "
+            f"see {Path(args.out) / 'failures.parquet'}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""DVC stage ``voice``: speech segments and log-mel features of every clip, as Parquet shards.
+
+Decodes each clip's audio to 16 kHz mono with decord (isolated child process, timeout), finds
+speech with webrtcvad plus an energy gate and padded hysteresis, and computes the front end's
+features over the speech only. Audio-only inputs (VoxCeleb1 wav, m4a) take this path alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from pipeline.atomic import atomic_dir
+from pipeline.features import FeatureConfig, VoiceConfig, voice_shard
+from pipeline.params import ParamsError, VoiceStageParams, load_params
+from pipeline.schema import MANIFEST, read_table
+from pipeline.shard import clip_refs
+from pipeline.vad import VadConfig
+from stages._runtime import fail, limit_native_threads, prefect_api, task_runner, write_json
+from stages._shards import failure_summary, fan_out
+
+
+def voice_config(p: VoiceStageParams) -> VoiceConfig:
+    return VoiceConfig(
+        sample_rate_hz=p.sample_rate_hz,
+        vad=VadConfig(p.vad_aggressiveness, p.vad_frame_ms, p.vad_padding_ms, p.energy_gate_db),
+        features=FeatureConfig(p.front_end, p.n_mels, p.win_ms, p.hop_ms, p.normalize),
+        min_speech_s=p.min_speech_s,
+    )
+
+
+@flow(name="voice")
+def voice_flow(manifest: str, root: str, params: VoiceStageParams, out: str) -> dict[str, Any]:
+    """Process every clip of the manifest into ``out``; returns the stage report."""
+    t0 = time.perf_counter()
+    clips = clip_refs(read_table(manifest, MANIFEST))
+    with atomic_dir(out) as tmp:
+        counts, failures = fan_out(
+            "voice", voice_shard, clips, params.shard_clips, Path(root), voice_config(params), tmp
+        )
+    audio_s = counts["audio_ms"] / 1000
+    speech_s = counts["speech_ms"] / 1000
+    report = {
+        "clips_in": counts["clips_in"],
+        "clips_out": counts["clips_out"],
+        "audio_s": round(audio_s, 2),
+        "speech_s": round(speech_s, 2),
+        "speech_fraction": round(speech_s / max(audio_s, 1e-9), 4),
+        **failure_summary(failures, counts["clips_in"]),
+    }
+    print(
+        f"voice: {report['clips_out']}/{report['clips_in']} clips, {speech_s:.0f} s of speech in "
+        f"{audio_s:.0f} s, {report['failures']} failures ({time.perf_counter() - t0:.1f} s)"
+    )
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--manifest", default="data/manifest/clips.parquet")
+    ap.add_argument("--out", default="data/voice")
+    ap.add_argument("--metrics", default="reports/voice.json")
+    args = ap.parse_args(argv)
+    try:
+        params = load_params(args.params)
+    except ParamsError as e:
+        fail(str(e))
+    limit_native_threads()
+    with prefect_api():
+        report = voice_flow.with_options(task_runner=task_runner())(
+            args.manifest, params.data.root, params.voice, args.out
+        )
+    write_json(args.metrics, report)
+    if report["failure_fraction"] > params.voice.max_failure_fraction:
+        fail(
+            f"{report['failures']} of the clips failed ({report['failure_fraction']:.1%} > "
+            f"voice.max_failure_fraction {params.voice.max_failure_fraction:.1%}); "
+            f"see {Path(args.out) / 'failures.parquet'}"
+        )
+
+
+if __name__ == "__main__":
+    main()

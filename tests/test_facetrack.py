@@ -1,0 +1,144 @@
+"""Face track selection, crops, and the faces stage's shard function."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline import facetrack
+from pipeline.faces import Detections, DetectorConfig
+from pipeline.facetrack import (
+    FaceConfig,
+    crop_face,
+    decode_jpeg,
+    encode_jpeg,
+    face_shard,
+    iou,
+    select_track,
+)
+from pipeline.media import read_face_frames
+from pipeline.schema import FACE_FRAMES, read_table
+from pipeline.shard import ClipRef
+from tests.test_media import _video_only
+
+CFG = FaceConfig(1.0, DetectorConfig(40, (0.6, 0.7, 0.7), 0.709, 32), 0.8, 0.2, 112, 90)
+
+
+def _det(*boxes: tuple[float, float, float, float, float]) -> Detections:
+    arr = np.array([b[:4] for b in boxes], dtype=float).reshape(-1, 4)
+    return Detections(arr, np.array([b[4] for b in boxes]), np.zeros((len(boxes), 5, 2)))
+
+
+def test_iou_hand_cases() -> None:
+    a = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], dtype=float)
+    np.testing.assert_allclose(iou(a, np.array([0, 0, 10, 10.0])), [1.0, 50 / 150, 0.0])
+
+
+def test_track_keeps_the_large_central_face_and_follows_it() -> None:
+    big = (60, 60, 160, 180, 0.99)
+    corner = (0, 0, 40, 50, 0.999)
+    dets = [
+        _det(corner, big),
+        _det((64, 62, 166, 184, 0.95), corner),  # order changes; the track must not
+        _det(corner),  # only the bystander: still the best overlap there
+        _det(),
+        _det((62, 60, 160, 180, 0.5)),  # too unsure
+    ]
+    assert select_track(dets, 224, 224, min_prob=0.8) == [1, 0, 0, None, None]
+    assert select_track([_det(), _det()], 224, 224, 0.8) == [None, None]
+
+
+def test_crop_is_square_padded_and_sized() -> None:
+    frame = np.full((100, 100, 3), 200, np.uint8)
+    crop = crop_face(frame, np.array([80, 80, 120, 120.0]), margin=0.0, size=32)
+    assert crop.shape == (32, 32, 3)
+    assert crop[:8, :8].mean() > 150 and crop[-8:, -8:].mean() < 5  # outside the frame: black
+    jpg = encode_jpeg(crop, 90)
+    assert jpg[:2] == b"\xff\xd8" and np.abs(decode_jpeg(jpg).astype(int) - crop).mean() < 4
+
+
+def _refs(root: Path, clips: pd.DataFrame) -> list[ClipRef]:
+    return [
+        ClipRef(p.removeprefix("mp4/").removesuffix(".mp4"), p, "video", None) for p in clips.path
+    ]
+
+
+def test_face_shard_on_generated_clips_with_bad_files(
+    small_corpus: tuple[Path, pd.DataFrame, pd.DataFrame], tmp_path: Path
+) -> None:
+    root, clips, _ = small_corpus
+    bad = tmp_path / "root"
+    bad.mkdir()
+    (bad / "zero.mp4").write_bytes(b"")
+    (bad / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
+    _video_only(bad / "noface.mp4")  # flat grey frames: no face
+    refs = _refs(root, clips)
+    # Absolute media paths: root / path resolves to them.
+    extra = [
+        ClipRef(f"zz/{n}", str(bad / f"{n}.mp4"), "video", None)
+        for n in ("zero", "corrupt", "noface")
+    ]
+    extra.append(ClipRef("zz/audio", "whatever.m4a", "audio", None))
+    out = tmp_path / "faces-00000.parquet"
+    res = face_shard(refs + extra, root, CFG, out, timeout_s=30)
+    frames = read_table(out, FACE_FRAMES)
+    assert set(frames.clip_key) == {r.clip_key for r in refs}
+    assert res.counts["clips_out"] == len(refs) and res.counts["clips_audio_only"] == 1
+    reasons = {f["clip_key"]: f["reason"] for f in res.failures}
+    assert reasons == {"zz/zero": "decode", "zz/corrupt": "decode", "zz/noface": "no_face"}
+    messages = {f["clip_key"]: f["message"] for f in res.failures}
+    assert messages["zz/zero"] == f"{bad / 'zero.mp4'}: empty file"
+    assert messages["zz/corrupt"].startswith(f"{bad / 'corrupt.mp4'}: cannot decode video")
+    assert res.counts["frames_with_face"] / res.counts["frames_sampled"] >= 0.9
+    crop = decode_jpeg(frames.crop_jpeg.iloc[0])
+    assert crop.shape == (112, 112, 3)
+    assert list(frames.clip_key) == sorted(frames.clip_key)
+
+
+def _slow_decode(kind: str, path: str, rate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if path.endswith("hang.mp4"):
+        time.sleep(60)
+    return read_face_frames(kind, path, rate)
+
+
+def test_a_hanging_decode_becomes_a_timeout_row(
+    small_corpus: tuple[Path, pd.DataFrame, pd.DataFrame],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root, clips, _ = small_corpus
+    monkeypatch.setattr(facetrack, "read_face_frames", _slow_decode)
+    refs = [*_refs(root, clips.iloc[:2]), ClipRef("zz/hang", "hang.mp4", "video", None)]
+    t0 = time.perf_counter()
+    res = face_shard(refs, root, CFG, tmp_path / "f.parquet", timeout_s=10)
+    assert time.perf_counter() - t0 < 40
+    assert [(f["clip_key"], f["reason"]) for f in res.failures] == [("zz/hang", "timeout")]
+    assert res.counts["clips_out"] == 2
+
+
+def test_face_shard_reads_voxceleb1_crops(
+    small_corpus: tuple[Path, pd.DataFrame, pd.DataFrame], tmp_path: Path
+) -> None:
+    from pipeline.media import read_frames
+
+    root, clips, _ = small_corpus
+    _, frames = read_frames(root / clips.path.iloc[0], 2.0)
+    folder = tmp_path / "unzippedFaces" / "Some_Name" / "1.6" / "abcdefghijk"
+    folder.mkdir(parents=True)
+    for k, f in zip((0, 25, 50), frames, strict=False):
+        Image.fromarray(f).save(folder / f"{k:07d}.jpg")
+    ref = ClipRef(
+        "id10001/abcdefghijk/00001",
+        "wav/id10001/abcdefghijk/00001.wav",
+        "audio_crops",
+        "unzippedFaces/Some_Name/1.6/abcdefghijk",
+    )
+    res = face_shard([ref], tmp_path, CFG, tmp_path / "f.parquet", timeout_s=30)
+    got = read_table(tmp_path / "f.parquet", FACE_FRAMES)
+    assert res.counts["clips_out"] == 1 and list(got.frame_index) == [0, 25, 50][: len(frames)]
+    np.testing.assert_allclose(got.time_s, got.frame_index / 25.0)
