@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.atomic import atomic_path
+from pipeline.synth.people import FACE_PARAM_COLUMNS, VOICE_PARAM_COLUMNS
 
 _META_NAME = b"voxface.table"
 _META_VERSION = b"voxface.version"
@@ -97,25 +98,7 @@ SYNTH_IDENTITIES = TableSchema(
             pa.field("tilt_db", pa.float64(), nullable=False),
             *[
                 pa.field(c, pa.float64(), nullable=False)
-                for c in (
-                    "face_width",
-                    "jaw_width",
-                    "brow_thickness",
-                    "brow_height",
-                    "wrinkles",
-                    "grey_hair",
-                    "skin_lum",
-                    "skin_warm",
-                    "nose_width",
-                    "lip_fullness",
-                    "stubble",
-                    "f0_log2",
-                    "vtl_cm",
-                    "f1_shift",
-                    "f2_shift",
-                    "jitter",
-                    "breathiness",
-                )
+                for c in (*FACE_PARAM_COLUMNS, *VOICE_PARAM_COLUMNS)
             ],
         ]
     ),

@@ -20,11 +20,12 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from pipeline.atomic import atomic_path
+from pipeline.params import Params, ParamsError, load_params
 
 
 def workers() -> int:
@@ -68,7 +69,7 @@ def write_json(path: Path | str, payload: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Exit the stage with a one-line error (no traceback for expected input problems)."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
@@ -108,3 +109,12 @@ def _drain_prefect_workers() -> None:
 
     APILogWorker.drain_all(timeout=10)
     EventsWorker.drain_all(timeout=10)
+
+
+def stage_params(path: str) -> Params:
+    """``params.yaml`` for a stage's command line: an invalid file exits with its message."""
+    try:
+        return load_params(path)
+    except ParamsError as e:
+        fail(str(e))
+        raise  # unreachable: fail() exits

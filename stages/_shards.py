@@ -7,6 +7,7 @@ return counts and failure rows; the arrays stay in the shard files.
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -18,6 +19,14 @@ from prefect import task
 
 from pipeline.schema import FAILURES, write_table
 from pipeline.shard import ClipRef, ShardResult
+from stages._runtime import (
+    fail,
+    limit_native_threads,
+    prefect_api,
+    stage_params,
+    task_runner,
+    write_json,
+)
 
 
 def decode_timeout_s() -> float:
@@ -77,3 +86,34 @@ def failure_summary(failures: pd.DataFrame, clips_in: int) -> dict[str, Any]:
         "failure_fraction": round(len(failures) / max(clips_in, 1), 4),
         "failures_by_reason": dict(sorted(Counter(failures["reason"]).items())),
     }
+
+
+def run_stage(
+    doc: str,
+    name: str,
+    section: str,
+    flow: Callable[..., dict[str, Any]],
+    argv: list[str] | None,
+) -> None:
+    """The command line of a preprocessing stage ``name`` (params section ``section``): run
+    ``flow(manifest, root, params, out)``, write the report, fail past the failure threshold."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--manifest", default="data/manifest/clips.parquet")
+    ap.add_argument("--out", default=f"data/{name}")
+    ap.add_argument("--metrics", default=f"reports/{name}.json")
+    args = ap.parse_args(argv)
+    params = stage_params(args.params)
+    limit_native_threads()
+    p = getattr(params, section)
+    with prefect_api():
+        report = flow.with_options(task_runner=task_runner())(  # type: ignore[attr-defined]
+            args.manifest, params.data.root, p, args.out
+        )
+    write_json(args.metrics, report)
+    if report["failure_fraction"] > p.max_failure_fraction:
+        fail(
+            f"{report['failures']} of the clips failed ({report['failure_fraction']:.1%} > "
+            f"{section}.max_failure_fraction {p.max_failure_fraction:.1%}); "
+            f"see {Path(args.out) / 'failures.parquet'}"
+        )

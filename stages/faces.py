@@ -7,7 +7,6 @@ a hang in native decoding cannot freeze the stage), runs MTCNN in batches, keeps
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,10 @@ from prefect import flow
 from pipeline.atomic import atomic_dir
 from pipeline.faces import DetectorConfig
 from pipeline.facetrack import FaceConfig, face_shard
-from pipeline.params import FaceStageParams, ParamsError, load_params
+from pipeline.params import FaceStageParams
 from pipeline.schema import MANIFEST, read_table
 from pipeline.shard import clip_refs
-from stages._runtime import fail, limit_native_threads, prefect_api, task_runner, write_json
-from stages._shards import failure_summary, fan_out
+from stages._shards import failure_summary, fan_out, run_stage
 
 
 def face_config(p: FaceStageParams) -> FaceConfig:
@@ -67,28 +65,7 @@ def faces_flow(manifest: str, root: str, params: FaceStageParams, out: str) -> d
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--manifest", default="data/manifest/clips.parquet")
-    ap.add_argument("--out", default="data/faces")
-    ap.add_argument("--metrics", default="reports/faces.json")
-    args = ap.parse_args(argv)
-    try:
-        params = load_params(args.params)
-    except ParamsError as e:
-        fail(str(e))
-    limit_native_threads()
-    with prefect_api():
-        report = faces_flow.with_options(task_runner=task_runner())(
-            args.manifest, params.data.root, params.face, args.out
-        )
-    write_json(args.metrics, report)
-    if report["failure_fraction"] > params.face.max_failure_fraction:
-        fail(
-            f"{report['failures']} of the clips failed ({report['failure_fraction']:.1%} > "
-            f"face.max_failure_fraction {params.face.max_failure_fraction:.1%}); "
-            f"see {Path(args.out) / 'failures.parquet'}"
-        )
+    run_stage(__doc__ or "", "faces", "face", faces_flow, argv)
 
 
 if __name__ == "__main__":

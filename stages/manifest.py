@@ -14,9 +14,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from pipeline.manifest import ManifestError, build_manifest
-from pipeline.params import DataParams, ManifestParams, ParamsError, load_params
+from pipeline.params import DataParams, ManifestParams
 from pipeline.schema import MANIFEST, MANIFEST_SKIPPED, write_table
-from stages._runtime import fail, prefect_api, write_json
+from stages._runtime import fail, prefect_api, stage_params, write_json
 
 
 @flow(name="manifest")
@@ -43,10 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="data/manifest", help="folder for clips/skipped Parquet")
     ap.add_argument("--metrics", default="reports/manifest.json")
     args = ap.parse_args(argv)
-    try:
-        params = load_params(args.params)
-    except ParamsError as e:
-        fail(str(e))
+    params = stage_params(args.params)
     try:
         with prefect_api():
             report = manifest_flow(params.data, params.manifest, params.base.seed, args.out)

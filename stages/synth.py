@@ -18,14 +18,13 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 
 from pipeline.atomic import atomic_dir
-from pipeline.params import ParamsError, load_params
 from pipeline.schema import SYNTH_CLIPS, SYNTH_IDENTITIES, write_table
 from pipeline.synth.corpus import CorpusSpec, plan_corpus, render_video
 from pipeline.synth.people import Calibration
 from stages._runtime import (
-    fail,
     limit_native_threads,
     prefect_api,
+    stage_params,
     task_runner,
     workers,
     write_json,
@@ -108,10 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="data/synth", help="corpus folder to (re)create")
     ap.add_argument("--metrics", default="reports/synth.json")
     args = ap.parse_args(argv)
-    try:
-        params = load_params(args.params)
-    except ParamsError as e:
-        fail(str(e))
+    params = stage_params(args.params)
     limit_native_threads()
     preset = params.synth.active()
     if preset is None:  # generation switched off: an empty corpus keeps the DAG intact

@@ -7,7 +7,6 @@ features over the speech only. Audio-only inputs (VoxCeleb1 wav, m4a) take this 
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 from typing import Any
@@ -16,12 +15,11 @@ from prefect import flow
 
 from pipeline.atomic import atomic_dir
 from pipeline.features import FeatureConfig, VoiceConfig, voice_shard
-from pipeline.params import ParamsError, VoiceStageParams, load_params
+from pipeline.params import VoiceStageParams
 from pipeline.schema import MANIFEST, read_table
 from pipeline.shard import clip_refs
 from pipeline.vad import VadConfig
-from stages._runtime import fail, limit_native_threads, prefect_api, task_runner, write_json
-from stages._shards import failure_summary, fan_out
+from stages._shards import failure_summary, fan_out, run_stage
 
 
 def voice_config(p: VoiceStageParams) -> VoiceConfig:
@@ -60,28 +58,7 @@ def voice_flow(manifest: str, root: str, params: VoiceStageParams, out: str) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--manifest", default="data/manifest/clips.parquet")
-    ap.add_argument("--out", default="data/voice")
-    ap.add_argument("--metrics", default="reports/voice.json")
-    args = ap.parse_args(argv)
-    try:
-        params = load_params(args.params)
-    except ParamsError as e:
-        fail(str(e))
-    limit_native_threads()
-    with prefect_api():
-        report = voice_flow.with_options(task_runner=task_runner())(
-            args.manifest, params.data.root, params.voice, args.out
-        )
-    write_json(args.metrics, report)
-    if report["failure_fraction"] > params.voice.max_failure_fraction:
-        fail(
-            f"{report['failures']} of the clips failed ({report['failure_fraction']:.1%} > "
-            f"voice.max_failure_fraction {params.voice.max_failure_fraction:.1%}); "
-            f"see {Path(args.out) / 'failures.parquet'}"
-        )
+    run_stage(__doc__ or "", "voice", "voice", voice_flow, argv)
 
 
 if __name__ == "__main__":
