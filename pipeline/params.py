@@ -130,6 +130,27 @@ class VoiceStageParams(_Section):
     max_failure_fraction: float = Field(ge=0, le=1)
 
 
+class TrainParams(_Section):
+    """The ``train@<method>`` stages' shared settings (each method has its own section too)."""
+
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=2)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    embed_dim: int = Field(ge=2)
+    face_encoder: str
+    voice_encoder: str
+    face_size_px: int = Field(ge=16)
+    voice_frames: int = Field(ge=8)
+    eval_trials: int = Field(ge=100)
+
+
+class CidSection(_Section):
+    """``cid``: symmetric cross-modal InfoNCE."""
+
+    tau: float = Field(gt=0)
+
+
 class Params(_Section):
     base: BaseParams
     data: DataParams
@@ -137,6 +158,9 @@ class Params(_Section):
     manifest: ManifestParams
     face: FaceStageParams
     voice: VoiceStageParams
+    methods: list[Literal["cid"]]
+    train: TrainParams
+    cid: CidSection
 
 
 class ParamsError(ValueError):

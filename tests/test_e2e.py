@@ -54,7 +54,7 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
     wall = time.perf_counter() - t0
     print(f"tiny dvc repro: {wall:.1f} s")
-    for stage in ("synth", "manifest", "faces", "voice"):
+    for stage in ("synth", "manifest", "faces", "voice", "train@cid"):
         assert f"Running stage '{stage}'" in out
     return repo, env, wall
 
@@ -76,6 +76,16 @@ def test_outputs_exist_and_are_consistent(tiny_repo: tuple[Path, dict[str, str],
     assert faces["face_rate"] >= 0.95 and voice["clips_out"] == 96
     assert (repo / "data/faces/faces-00000.parquet").is_file()
     assert (repo / "data/voice/failures.parquet").is_file()
+    train = json.loads((repo / "reports/train/cid.json").read_text())
+    history = json.loads((repo / "reports/train/cid_history.json").read_text())
+    assert len(history) == train_epochs(repo) and train["final_loss"] < history[0]["loss"]
+    assert (repo / "models/cid/model.pt").is_file()
+
+
+def train_epochs(repo: Path) -> int:
+    from pipeline.params import load_params
+
+    return load_params(repo / "params.yaml").train.epochs
 
 
 @pytest.mark.e2e
@@ -108,6 +118,21 @@ def test_changing_a_voice_param_reruns_only_the_voice_branch(
     out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
     assert "Running stage 'voice'" in out
     for stage in ("synth", "manifest", "faces"):
+        assert f"Running stage '{stage}'" not in out
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_changing_a_method_param_reruns_only_that_method(
+    tiny_repo: tuple[Path, dict[str, str], float],
+) -> None:
+    repo, env, _ = tiny_repo
+    _run(["dvc", "repro"], repo, env)  # settle anything an earlier test changed
+    params = repo / "params.yaml"
+    params.write_text(params.read_text().replace("  tau: 0.1", "  tau: 0.2", 1))
+    out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
+    assert "Running stage 'train@cid'" in out
+    for stage in ("synth", "manifest", "faces", "voice"):
         assert f"Running stage '{stage}'" not in out
 
 

@@ -1,0 +1,1 @@
+"""Voice-face association methods: one module each, one interface (see ``common``)."""

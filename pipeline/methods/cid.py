@@ -1,0 +1,42 @@
+"""``cid``: cross-modal instance discrimination, the baseline every paper compares with.
+
+Symmetric InfoNCE between the modalities with in-batch negatives (METHODS.md §0):
+``l_i(v→f) = −log softmax_j(⟨v̂_i, f̂_j⟩/τ)[i]``, likewise ``f→v``; the loss is the mean of both
+directions over the batch. No labels are used. τ = 0.03 in CMPC's setting. CMPC with its
+prototype and recalibration parts switched off reduces to this same code path
+(:func:`pipeline.methods.common.symmetric_info_nce`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.methods.common import symmetric_info_nce
+
+
+@dataclass(frozen=True)
+class CIDParams:
+    tau: float
+
+    def __post_init__(self) -> None:
+        if self.tau <= 0:
+            raise ValueError(f"cid.tau must be positive, got {self.tau}")
+
+
+class CID(torch.nn.Module):
+    """The loss; no parameters of its own and no per-epoch hook."""
+
+    def __init__(self, params: CIDParams) -> None:
+        super().__init__()
+        self.params = params
+
+    def forward(
+        self, face: torch.Tensor, voice: torch.Tensor, batch: object = None
+    ) -> dict[str, torch.Tensor]:
+        """face, voice: (B, D) embeddings of B pairs -> {"loss", "instance"} scalars. ``batch``
+        (identities, videos) is not used: cid needs no labels."""
+        per_pair = symmetric_info_nce(face, voice, self.params.tau)  # (B,)
+        loss = per_pair.mean()
+        return {"loss": loss, "instance": loss.detach()}

@@ -1,0 +1,31 @@
+"""Pieces shared by the association methods (each method imports these, never another method).
+
+Notation (METHODS.md): a batch of ``B`` (face, voice) pairs from the same clip, embeddings
+``f, v`` of shape (B, D), ``x̂ = x / ‖x‖``, temperature ``τ``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def cross_modal_info_nce(anchor: torch.Tensor, other: torch.Tensor, tau: float) -> torch.Tensor:
+    """Per-anchor InfoNCE with in-batch negatives, anchors in one modality, candidates in the other.
+
+    ``l_i = −log softmax_j(⟨â_i, ô_j⟩ / τ)[i]``. anchor, other: (B, D) -> (B,).
+    """
+    if anchor.shape != other.shape or anchor.ndim != 2:
+        raise ValueError(
+            f"expected two (B, D) tensors of one shape, got {anchor.shape}, {other.shape}"
+        )
+    if tau <= 0:
+        raise ValueError(f"temperature must be positive, got {tau}")
+    logits = F.normalize(anchor, dim=1) @ F.normalize(other, dim=1).T / tau  # (B, B)
+    target = torch.arange(anchor.shape[0], device=anchor.device)
+    return F.cross_entropy(logits, target, reduction="none")  # (B,)
+
+
+def symmetric_info_nce(face: torch.Tensor, voice: torch.Tensor, tau: float) -> torch.Tensor:
+    """Per-pair mean of both directions: ½ (l_i(v→f) + l_i(f→v)). (B, D), (B, D) -> (B,)."""
+    return 0.5 * (cross_modal_info_nce(voice, face, tau) + cross_modal_info_nce(face, voice, tau))

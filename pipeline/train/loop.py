@@ -1,0 +1,172 @@
+"""The training loop shared by every method: seeded, checkpointed each epoch, resumable.
+
+A method is a ``torch.nn.Module`` whose ``forward(face, voice, batch)`` returns a dict of loss
+terms with ``"loss"`` the one to minimise, plus an optional ``on_epoch_start(ctx)`` hook
+(clustering, re-weighting). The loop owns the encoders, the optimiser, the sampling generator
+and the history; a checkpoint holds all of them, so a killed run resumes where it stopped and
+ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.atomic import atomic_path
+from pipeline.encoders import build_face_encoder, build_voice_encoder
+from pipeline.pairs import PairData, sample_batch
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    embed_dim: int
+    face_encoder: str
+    voice_encoder: str
+    voice_frames: int
+    seed: int
+
+    def digest(self, method_params: object) -> str:
+        text = json.dumps([asdict(self), repr(method_params)], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Batch:
+    """What a method sees besides the embeddings: the clips' identity and video indices."""
+
+    clips: torch.Tensor  # (B,) indices into the PairData
+    identity: torch.Tensor  # (B,)
+    video: torch.Tensor  # (B,)
+
+
+class Encoders(nn.Module):
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.face = build_face_encoder(cfg.face_encoder, cfg.embed_dim)
+        self.voice = build_voice_encoder(cfg.voice_encoder, cfg.embed_dim)
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def train(
+    data: PairData,
+    method: nn.Module,
+    method_params: object,
+    cfg: TrainConfig,
+    out_dir: Path,
+    device: torch.device,
+    progress: Callable[[dict[str, float]], None] | None = None,
+) -> tuple[Encoders, list[dict[str, float]]]:
+    """Train ``method`` on ``data``; writes ``checkpoint.pt`` every epoch in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "checkpoint.pt"
+    digest = cfg.digest(method_params)
+    torch.manual_seed(cfg.seed)
+    encoders = Encoders(cfg).to(device)
+    method.to(device)
+    params = [*encoders.parameters(), *method.parameters()]
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict[str, float]] = []
+    start = 0
+    if ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if state.get("digest") == digest:
+            encoders.load_state_dict(state["encoders"])
+            method.load_state_dict(state["method"])
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+            history = state["history"]
+            start = state["epoch"]
+    n = len(data)
+    steps = max(1, n // cfg.batch_size)
+    for epoch in range(start, cfg.epochs):
+        hook = getattr(method, "on_epoch_start", None)
+        if hook is not None:
+            hook(epoch=epoch, data=data, encoders=encoders, device=device, generator=gen)
+        encoders.train()
+        perm = torch.randperm(n, generator=gen)
+        sums: dict[str, float] = {}
+        t0 = time.perf_counter()
+        for s in range(steps):
+            clips = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+            faces, voices = sample_batch(data, clips, cfg.voice_frames, gen)
+            batch = Batch(
+                clips.to(device), data.identity[clips].to(device), data.video[clips].to(device)
+            )
+            f = encoders.face(faces.to(device))  # (B, d)
+            v = encoders.voice(voices.to(device))  # (B, d)
+            terms = method(f, v, batch)
+            opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            opt.step()
+            for k, val in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(val.detach())
+        wall = time.perf_counter() - t0
+        row = {"epoch": float(epoch + 1), **{k: v / steps for k, v in sums.items()}}
+        row["pairs_per_s"] = steps * cfg.batch_size / wall
+        history.append(row)
+        _save(
+            ckpt_path,
+            {
+                "digest": digest,
+                "epoch": epoch + 1,
+                "encoders": encoders.state_dict(),
+                "method": method.state_dict(),
+                "optimizer": opt.state_dict(),
+                "generator": gen.get_state(),
+                "history": history,
+            },
+        )
+        if progress is not None:
+            progress(row)
+    return encoders, history
+
+
+@torch.inference_mode()
+def embed_clips(
+    encoders: Encoders, data: PairData, device: torch.device, batch: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per clip: the face embedding (mean over its frames and their mirror images) and the voice
+    embedding of its whole speech. Returns (C, d), (C, d) L2-normalised."""
+    encoders.eval()
+    f_all = []
+    for i in range(0, len(data.faces), batch):
+        x = data.faces[i : i + batch].float().to(device) / 255.0
+        f_all.append(
+            torch.nn.functional.normalize(encoders.face(x) + encoders.face(x.flip(-1)), dim=1)
+        )
+    frames = torch.cat(f_all)
+    faces = torch.stack(
+        [frames[data.face_offsets[c] : data.face_offsets[c + 1]].mean(0) for c in range(len(data))]
+    )
+    voices = torch.stack(
+        [
+            encoders.voice(
+                data.voices[data.voice_offsets[c] : data.voice_offsets[c + 1]]
+                .float()
+                .T[None]
+                .to(device)
+            )[0]
+            for c in range(len(data))
+        ]
+    )
+    return (
+        torch.nn.functional.normalize(faces, dim=1).cpu(),
+        torch.nn.functional.normalize(voices, dim=1).cpu(),
+    )

@@ -1,0 +1,129 @@
+"""DVC stage ``train@<method>``: train one association method on the feature shards.
+
+Loads the training split's (face, voice) pairs, trains the method's encoders with the shared
+loop (seeded, a checkpoint every epoch, resumed after a kill), writes ``models/<method>/``
+(``model.pt``; ``checkpoint.pt`` persists across runs for resuming), the per-epoch history for
+``dvc plots`` and a quick 1:2 voice->face check on unseen identities. The device comes from
+``VOXFACE_DEVICE`` (default: CUDA when present, else CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from prefect import flow
+
+from pipeline.atomic import atomic_path
+from pipeline.methods.cid import CID, CIDParams
+from pipeline.oracle import matching_accuracy, matching_trials
+from pipeline.pairs import load_pairs
+from pipeline.params import Params
+from pipeline.schema import MANIFEST, read_table
+from pipeline.train.loop import TrainConfig, embed_clips, train
+from stages._runtime import prefect_api, stage_params, write_json
+
+
+def build_method(name: str, params: Params) -> tuple[torch.nn.Module, object]:
+    if name == "cid":
+        p = CIDParams(params.cid.tau)
+        return CID(p), p
+    raise SystemExit(f"unknown method {name!r}")
+
+
+def device() -> torch.device:
+    return torch.device(
+        os.environ.get("VOXFACE_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
+    )
+
+
+@flow(name="train")
+def train_flow(
+    method_name: str, params: Params, manifest: str, faces: str, voice: str, out: str
+) -> dict[str, Any]:
+    t = params.train
+    cfg = TrainConfig(
+        t.epochs,
+        t.batch_size,
+        t.lr,
+        t.weight_decay,
+        t.embed_dim,
+        t.face_encoder,
+        t.voice_encoder,
+        t.voice_frames,
+        params.base.seed,
+    )
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(int(os.environ.get("VOXFACE_THREADS", str(os.cpu_count() or 1))))
+    data = load_pairs(Path(manifest), Path(faces), Path(voice), ("train",), t.face_size_px)
+    method, mparams = build_method(method_name, params)
+    dev = device()
+
+    def show(row: dict[str, float]) -> None:
+        print(
+            f"{method_name} epoch {int(row['epoch'])}/{cfg.epochs}: loss {row['loss']:.4f} "
+            f"({row['pairs_per_s']:.0f} pairs/s)",
+            flush=True,
+        )
+
+    encoders, history = train(data, method, mparams, cfg, Path(out), dev, progress=show)
+    with atomic_path(Path(out) / "model.pt") as tmp:
+        torch.save(
+            {"config": cfg.__dict__, "method": method_name, "encoders": encoders.state_dict()}, tmp
+        )
+    # Quick check on unseen identities (the evaluation stage scores the full protocol suite).
+    test = load_pairs(Path(manifest), Path(faces), Path(voice), ("test_unseen",), t.face_size_px)
+    f, v = embed_clips(encoders, test, dev)
+    m = read_table(manifest, MANIFEST).set_index("clip_key")
+    gender = m.loc[test.clip_keys, "gender"].fillna("?").to_numpy()
+    ident = np.array([test.identities[i] for i in test.identity.tolist()])
+    rng = np.random.default_rng(params.base.seed)
+    acc = {
+        c: matching_accuracy(
+            v.numpy(), f.numpy(), matching_trials(ident, gender, t.eval_trials, c, rng)
+        )
+        for c in ("U", "G")
+    }
+    return {
+        "history": history,
+        "final_loss": history[-1]["loss"],
+        "pairs_per_s": float(np.mean([h["pairs_per_s"] for h in history])),
+        "train_clips": len(data),
+        "test_unseen_1to2_v2f_U": round(acc["U"], 4),
+        "test_unseen_1to2_v2f_G": round(acc["G"], 4),
+        "test_unseen_identities": len(test.identities),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--method", required=True)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--manifest", default="data/manifest/clips.parquet")
+    ap.add_argument("--faces", default="data/faces")
+    ap.add_argument("--voice", default="data/voice")
+    ap.add_argument("--out", default=None, help="default: models/<method>")
+    ap.add_argument("--reports", default="reports/train")
+    args = ap.parse_args(argv)
+    params = stage_params(args.params)
+    out = args.out or f"models/{args.method}"
+    with prefect_api():
+        res = train_flow(args.method, params, args.manifest, args.faces, args.voice, out)
+    history = res.pop("history")
+    reports = Path(args.reports)
+    with atomic_path(reports / f"{args.method}_history.json") as tmp:
+        tmp.write_text(json.dumps(history, indent=1) + "\n")
+    write_json(
+        reports / f"{args.method}.json",
+        {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()},
+    )
+    print(f"train@{args.method}: {json.dumps(res)}")
+
+
+if __name__ == "__main__":
+    main()

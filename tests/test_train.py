@@ -1,0 +1,123 @@
+"""Pair sampling and the shared training loop (cid on a toy problem with a known answer)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.methods.cid import CID, CIDParams
+from pipeline.oracle import matching_accuracy, matching_trials
+from pipeline.pairs import PairData, sample_batch
+from pipeline.train.loop import TrainConfig, embed_clips, train
+
+
+def toy_pairs(n_ids: int = 12, clips_per_id: int = 4, seed: int = 0) -> PairData:
+    """Faces and voices that both encode the identity: a colour tint and a spectral bump."""
+    g = np.random.default_rng(seed)
+    faces, voices, f_off, v_off, ident, video = [], [], [0], [0], [], []
+    tints = g.uniform(0, 1, (n_ids, 3))
+    bands = g.integers(4, 28, n_ids)
+    for i in range(n_ids):
+        for c in range(clips_per_id):
+            k = int(g.integers(1, 4))
+            img = (tints[i][None, :, None, None] * 200 + g.normal(0, 20, (k, 3, 16, 16))).clip(
+                0, 255
+            )
+            faces.append(img.astype(np.uint8))
+            t = int(g.integers(20, 60))
+            spec = g.normal(0, 1, (t, 32))
+            spec[:, bands[i] : bands[i] + 3] += 3.0
+            voices.append(spec.astype(np.float16))
+            f_off.append(f_off[-1] + k)
+            v_off.append(v_off[-1] + t)
+            ident.append(i)
+            video.append(i * clips_per_id + c)
+    return PairData(
+        clip_keys=[f"id{i:05d}/v/{c}" for i in range(n_ids) for c in range(clips_per_id)],
+        faces=torch.from_numpy(np.concatenate(faces)),
+        face_offsets=torch.tensor(f_off),
+        voices=torch.from_numpy(np.concatenate(voices)),
+        voice_offsets=torch.tensor(v_off),
+        identity=torch.tensor(ident),
+        video=torch.tensor(video),
+        identities=[f"id{i:05d}" for i in range(n_ids)],
+        videos=[str(v) for v in range(n_ids * clips_per_id)],
+    )
+
+
+CFG = TrainConfig(
+    epochs=6,
+    batch_size=16,
+    lr=3e-3,
+    weight_decay=0.0,
+    embed_dim=16,
+    face_encoder="face_cnn",
+    voice_encoder="voice_cnn",
+    voice_frames=24,
+    seed=5,
+)
+
+
+def test_sample_batch_shapes_and_ranges() -> None:
+    data = toy_pairs()
+    faces, voices = sample_batch(
+        data, torch.arange(len(data)), 80, torch.Generator().manual_seed(0)
+    )
+    assert faces.shape == (len(data), 3, 16, 16) and faces.min() >= 0 and faces.max() <= 1
+    assert voices.shape == (len(data), 32, 80)  # shorter voices repeat to the crop length
+    # Each clip's face comes from its own frames: the identity's tint survives.
+    tint = faces.mean(dim=(2, 3))
+    own = data.faces[data.face_offsets[:-1].long()].float().mean(dim=(2, 3)) / 255
+    assert torch.allclose(tint, own, atol=0.1)
+
+
+def test_cid_learns_the_toy_association_and_is_deterministic(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    data = toy_pairs()
+    enc, hist = train(
+        data, CID(CIDParams(0.2)), CIDParams(0.2), CFG, tmp_path / "a", torch.device("cpu")
+    )
+    assert hist[-1]["loss"] < hist[0]["loss"] * 0.8
+    f, v = embed_clips(enc, data, torch.device("cpu"))
+    ident = np.array([data.identities[i] for i in data.identity.tolist()])
+    trials = matching_trials(
+        ident, np.array(["m"] * len(ident)), 2000, "U", np.random.default_rng(0)
+    )
+    assert matching_accuracy(v.numpy(), f.numpy(), trials) > 0.8
+    _, again = train(
+        data, CID(CIDParams(0.2)), CIDParams(0.2), CFG, tmp_path / "b", torch.device("cpu")
+    )
+    assert [h["loss"] for h in again] == [h["loss"] for h in hist]
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    data = toy_pairs()
+    full, _ = train(
+        data, CID(CIDParams(0.2)), CIDParams(0.2), CFG, tmp_path / "full", torch.device("cpu")
+    )
+    part = tmp_path / "part"
+    calls = {"n": 0}
+
+    def stop_after_three(row: dict[str, float]) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+
+    with contextlib.suppress(KeyboardInterrupt):
+        train(
+            data,
+            CID(CIDParams(0.2)),
+            CIDParams(0.2),
+            CFG,
+            part,
+            torch.device("cpu"),
+            stop_after_three,
+        )
+    resumed, hist = train(data, CID(CIDParams(0.2)), CIDParams(0.2), CFG, part, torch.device("cpu"))
+    assert len(hist) == 6
+    for k, val in full.state_dict().items():
+        assert torch.equal(val, resumed.state_dict()[k]), k
