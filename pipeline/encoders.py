@@ -23,19 +23,23 @@ def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
     )
 
 
+def _tower(cin: int, w: int) -> nn.Sequential:
+    """Four stride-2 conv blocks of widths w, 2w, 4w, 8w."""
+    return nn.Sequential(
+        _conv_bn(cin, w, 2),
+        _conv_bn(w, 2 * w, 2),
+        _conv_bn(2 * w, 4 * w, 2),
+        _conv_bn(4 * w, 8 * w, 2),
+    )
+
+
 class FaceCNN(nn.Module):
     """Four stride-2 conv blocks, global average pooling, linear head. (B, 3, S, S) -> (B, d)."""
 
     def __init__(self, dim: int, width: int = 32) -> None:
         super().__init__()
-        w = width
-        self.body = nn.Sequential(
-            _conv_bn(3, w, 2),
-            _conv_bn(w, 2 * w, 2),
-            _conv_bn(2 * w, 4 * w, 2),
-            _conv_bn(4 * w, 8 * w, 2),
-        )
-        self.head = nn.Linear(8 * w, dim)
+        self.body = _tower(3, width)
+        self.head = nn.Linear(8 * width, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.head(self.body(x).mean(dim=(2, 3)))  # (B, d)
@@ -48,14 +52,8 @@ class VoiceCNN(nn.Module):
 
     def __init__(self, dim: int, width: int = 32) -> None:
         super().__init__()
-        w = width
-        self.body = nn.Sequential(
-            _conv_bn(1, w, 2),
-            _conv_bn(w, 2 * w, 2),
-            _conv_bn(2 * w, 4 * w, 2),
-            _conv_bn(4 * w, 8 * w, 2),
-        )
-        self.head = nn.Linear(8 * w, dim)
+        self.body = _tower(1, width)
+        self.head = nn.Linear(8 * width, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.head(self.body(x[:, None]).mean(dim=(2, 3)))  # (B, d)

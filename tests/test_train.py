@@ -121,3 +121,21 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     assert len(hist) == 6
     for k, val in full.state_dict().items():
         assert torch.equal(val, resumed.state_dict()[k]), k
+
+
+def test_a_finished_or_foreign_checkpoint_is_not_resumed(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    data = toy_pairs()
+    short = TrainConfig(**{**CFG.__dict__, "epochs": 2})
+    _, first = train(
+        data, CID(CIDParams(0.2)), CIDParams(0.2), short, tmp_path, torch.device("cpu")
+    )
+    _, again = train(
+        data, CID(CIDParams(0.2)), CIDParams(0.2), short, tmp_path, torch.device("cpu")
+    )
+    assert len(again) == 2 and [h["loss"] for h in again] == [h["loss"] for h in first]
+    other = toy_pairs(seed=1)  # other data, same config: a fresh run, not a resume
+    _, fresh = train(
+        other, CID(CIDParams(0.2)), CIDParams(0.2), short, tmp_path, torch.device("cpu")
+    )
+    assert len(fresh) == 2 and fresh[0]["loss"] != first[0]["loss"]

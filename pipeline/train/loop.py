@@ -4,7 +4,8 @@ A method is a ``torch.nn.Module`` whose ``forward(face, voice, batch)`` returns 
 terms with ``"loss"`` the one to minimise, plus an optional ``on_epoch_start(ctx)`` hook
 (clustering, re-weighting). The loop owns the encoders, the optimiser, the sampling generator
 and the history; a checkpoint holds all of them, so a killed run resumes where it stopped and
-ends with the same weights as an uninterrupted one.
+ends with the same weights as an uninterrupted one. A checkpoint of other settings or other
+data, or of a finished run, is never resumed.
 """
 
 from __future__ import annotations
@@ -37,9 +38,19 @@ class TrainConfig:
     voice_frames: int
     seed: int
 
-    def digest(self, method_params: object) -> str:
-        text = json.dumps([asdict(self), repr(method_params)], sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+    def digest(self, method_params: object, data: PairData) -> str:
+        """Identifies a run: this config, the method's params and the training data's content."""
+        h = hashlib.sha256(json.dumps([asdict(self), repr(method_params)], sort_keys=True).encode())
+        for t in (
+            data.faces,
+            data.face_offsets,
+            data.voices,
+            data.voice_offsets,
+            data.identity,
+            data.video,
+        ):
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()[:16]
 
 
 @dataclass
@@ -75,7 +86,7 @@ def train(
     """Train ``method`` on ``data``; writes ``checkpoint.pt`` every epoch in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint.pt"
-    digest = cfg.digest(method_params)
+    digest = cfg.digest(method_params, data)
     torch.manual_seed(cfg.seed)
     encoders = Encoders(cfg).to(device)
     method.to(device)
@@ -86,7 +97,9 @@ def train(
     start = 0
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if state.get("digest") == digest:
+        # Resume only an interrupted run of the same config and data; a finished one (or any
+        # other) is trained again from scratch, as a forced `dvc repro` expects.
+        if state.get("digest") == digest and state["epoch"] < cfg.epochs:
             encoders.load_state_dict(state["encoders"])
             method.load_state_dict(state["method"])
             opt.load_state_dict(state["optimizer"])
