@@ -1,0 +1,149 @@
+"""``wen2021``: Wen et al., CVPR 2021, "Seeking the Shape of Sound" (supervised).
+
+Two-level modality alignment plus dynamic identity re-weighting (METHODS.md §1):
+
+- **Global alignment**: one bias-free linear classifier ``W ∈ R^{C×d}`` shared by both
+  modalities over the C training identities, per sample ``CE(W f_i, y_i) + CE(W v_i, y_i)``.
+- **Local alignment** (N-pair style): with ``S_ij = ⟨v_i, f̂_j⟩`` (anchor un-normalised, the
+  other side normalised), ``l_i(v→f) = log(5.4 + Σ_{j≠i} exp(S_ij − S_ii))`` (the constant 3.4
+  of the published code plus the j = i term, exp(0) = 1, plus 1), and ``l_i(f→v)`` with the roles
+  swapped.
+- **Identity weights** ``w_c`` (see :class:`IdentityReweighting`) scale each sample's terms:
+  ``L = mean_i w_{y_i} · [CE_f,i + CE_v,i + ½ (l_i(v→f) + l_i(f→v))]`` (paper).
+  ``published_code=True`` reproduces the released code's quirk instead: each term's batch mean
+  times the batch-mean weight.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOCAL_MARGIN = 3.4  # the published code's constant inside the log
+
+
+@dataclass(frozen=True)
+class Wen2021Params:
+    num_identities: int
+    dim: int
+    published_code: bool = False
+
+
+def local_alignment(anchor: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Per-anchor ``log(1 + 3.4 + Σ_j exp((1 − δ_ij)(S_ij − S_ii)))`` with ``S = anchor @ ôther.T``.
+
+    anchor (un-normalised), other: (B, D) -> (B,). Equals ``log(5.4 + Σ_{j≠i} exp(S_ij − S_ii))``.
+    """
+    s = anchor @ F.normalize(other, dim=1).T  # (B, B)
+    diff = s - s.diagonal()[:, None]  # S_ij − S_ii
+    off = ~torch.eye(len(s), dtype=torch.bool, device=s.device)
+    masked = torch.where(off, diff, torch.full_like(diff, float("-inf")))  # drop j = i
+    # log(5.4 + Σ_{j≠i} e^{d_ij}) computed stably as logsumexp over [log 5.4, d_i1, ...].
+    const = torch.full(
+        (len(s), 1),
+        math.log(2.0 + LOCAL_MARGIN),
+        dtype=s.dtype,
+        device=s.device,
+    )
+    return torch.logsumexp(torch.cat([const, masked], dim=1), dim=1)
+
+
+class Wen2021(nn.Module):
+    """The loss, with its shared classifier and the identity weights as a buffer."""
+
+    def __init__(self, params: Wen2021Params) -> None:
+        super().__init__()
+        self.params = params
+        self.classifier = nn.Linear(params.dim, params.num_identities, bias=False)  # W (C, d)
+        self.weights: torch.Tensor
+        self.register_buffer("weights", torch.ones(params.num_identities))  # w_c, mean 1
+
+    def per_sample(
+        self, face: torch.Tensor, voice: torch.Tensor, identity: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The unweighted per-sample terms, each (B,)."""
+        return {
+            "ce_face": F.cross_entropy(self.classifier(face), identity, reduction="none"),
+            "ce_voice": F.cross_entropy(self.classifier(voice), identity, reduction="none"),
+            "local": 0.5 * (local_alignment(voice, face) + local_alignment(face, voice)),
+        }
+
+    def forward(
+        self, face: torch.Tensor, voice: torch.Tensor, identity: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """face, voice: (B, d); identity: (B,) in [0, C) -> loss terms (scalars)."""
+        t = self.per_sample(face, voice, identity)
+        w = self.weights[identity]  # (B,)
+        total = t["ce_face"] + t["ce_voice"] + t["local"]
+        loss = total.mean() * w.mean() if self.params.published_code else (w * total).mean()
+        return {
+            "loss": loss,
+            "identity_ce": (t["ce_face"] + t["ce_voice"]).mean().detach(),
+            "local": t["local"].mean().detach(),
+        }
+
+
+class IdentityReweighting:
+    """Dynamic identity re-weighting: a running hardness per identity and the paper's schedule.
+
+    ``h_c ← 0.9 h_c + 0.1 (CE_face + CE_voice)`` for each sample of identity c (starting at
+    ``initial_hardness``). After ``warmup`` steps, every ``every`` steps: the first time, weight 1
+    for the easiest half of the identities and 0 for the rest; each later time, weights × 0.99 and
+    the next ``step_fraction`` (2.4 %) easiest identities still at 0 switched on, until ``cap``
+    (90 %) are on. Weights are returned normalised to mean 1 over all identities.
+    """
+
+    def __init__(
+        self,
+        num_identities: int,
+        warmup: int,
+        every: int,
+        initial_hardness: float = 100.0,
+        first_fraction: float = 0.5,
+        step_fraction: float = 0.024,
+        cap: float = 0.9,
+        decay: float = 0.99,
+    ) -> None:
+        self.hardness = torch.full((num_identities,), float(initial_hardness))
+        self.raw = torch.ones(num_identities)
+        self.started = False
+        self.warmup, self.every = warmup, every
+        self.first_fraction, self.step_fraction, self.cap, self.decay = (
+            first_fraction,
+            step_fraction,
+            cap,
+            decay,
+        )
+
+    def observe(self, identity: torch.Tensor, ce_sum: torch.Tensor) -> None:
+        """EMA update with per-sample ``CE_face + CE_voice`` (detached), in batch order."""
+        for c, x in zip(identity.tolist(), ce_sum.detach().cpu().tolist(), strict=True):
+            self.hardness[c] = 0.9 * self.hardness[c] + 0.1 * x
+
+    def step(self, step: int) -> bool:
+        """Apply the schedule at global ``step`` (1-based); True when the weights changed."""
+        if step < self.warmup or (step - self.warmup) % self.every:
+            return False
+        n = len(self.raw)
+        order = torch.argsort(self.hardness, stable=True)  # easiest first
+        if not self.started:
+            self.raw = torch.zeros(n)
+            self.raw[order[: round(self.first_fraction * n)]] = 1.0
+            self.started = True
+            return True
+        self.raw *= self.decay
+        on = int((self.raw > 0).sum())
+        limit = round(self.cap * n)
+        add = min(round(self.step_fraction * n), max(0, limit - on))
+        if add:
+            off = order[self.raw[order] == 0]
+            self.raw[off[:add]] = 1.0
+        return True
+
+    def weights(self) -> torch.Tensor:
+        """(C,) weights with mean 1 (all ones before the first re-weighting)."""
+        return self.raw / self.raw.mean()

@@ -1,0 +1,124 @@
+"""wen2021: the loss against a plain loop from METHODS.md §1, closed forms, gradients, the
+published-code flag, and the re-weighting schedule on hand-made hardness values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline.methods.wen2021 import IdentityReweighting, Wen2021, Wen2021Params, local_alignment
+
+
+def plain_loop_wen(
+    face: list[list[float]],
+    voice: list[list[float]],
+    w_cls: list[list[float]],
+    y: list[int],
+    weights: list[float],
+) -> float:
+    def dot(a: list[float], b: list[float]) -> float:
+        return sum(x * z for x, z in zip(a, b, strict=True))
+
+    def unit(a: list[float]) -> list[float]:
+        n = math.sqrt(dot(a, a))
+        return [x / n for x in a]
+
+    def ce(x: list[float], label: int) -> float:
+        logits = [dot(row, x) for row in w_cls]
+        return -logits[label] + math.log(sum(math.exp(z) for z in logits))
+
+    def local(anchor: list[list[float]], other: list[list[float]], i: int) -> float:
+        s = [dot(anchor[i], unit(o)) for o in other]
+        return math.log(
+            1 + sum(math.exp((0 if j == i else 1) * (s[j] - s[i])) for j in range(len(s))) + 3.4
+        )
+
+    b = len(face)
+    total = 0.0
+    for i in range(b):
+        term = (
+            ce(face[i], y[i])
+            + ce(voice[i], y[i])
+            + 0.5 * (local(voice, face, i) + local(face, voice, i))
+        )
+        total += weights[y[i]] * term
+    return total / b
+
+
+def _setup(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Wen2021]:
+    g = torch.Generator().manual_seed(seed)
+    face = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    voice = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 3])
+    model = Wen2021(Wen2021Params(num_identities=4, dim=4)).double()
+    model.weights.copy_(torch.tensor([1.5, 0.5, 2.0, 0.0]))
+    return face, voice, y, model
+
+
+def test_loss_matches_the_plain_loop() -> None:
+    face, voice, y, model = _setup()
+    got = model(face, voice, y)["loss"].item()
+    want = plain_loop_wen(
+        face.tolist(),
+        voice.tolist(),
+        model.classifier.weight.tolist(),
+        y.tolist(),
+        model.weights.tolist(),
+    )
+    assert got == pytest.approx(want, rel=1e-10)
+
+
+def test_published_code_flag_uses_batch_mean_weight() -> None:
+    face, voice, y, model = _setup()
+    t = model.per_sample(face, voice, y)
+    total = t["ce_face"] + t["ce_voice"] + t["local"]
+    paper = model(face, voice, y)["loss"].item()
+    model.params = Wen2021Params(4, 4, published_code=True)
+    quirk = model(face, voice, y)["loss"].item()
+    assert quirk == pytest.approx((total.mean() * model.weights[y].mean()).item())
+    assert quirk != pytest.approx(paper)
+
+
+def test_local_alignment_closed_form() -> None:
+    # Identical rows: every S_ij − S_ii = 0, so l = log(5.4 + (B − 1)).
+    x = torch.ones(3, 2, dtype=torch.float64)
+    assert local_alignment(x, x).tolist() == pytest.approx([math.log(5.4 + 2)] * 3)
+    # Far apart orthogonal pairs: off-diagonal terms vanish, l -> log 5.4.
+    e = 50 * torch.eye(3, dtype=torch.float64)
+    assert local_alignment(e, e).tolist() == pytest.approx([math.log(5.4)] * 3, abs=1e-12)
+
+
+def test_gradient_check() -> None:
+    face, voice, y, model = _setup(1)
+    f = face.clone().requires_grad_(True)
+    v = voice.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: model(a, b, y)["loss"], (f, v))
+
+
+def test_reweighting_schedule_on_hand_made_hardness() -> None:
+    rw = IdentityReweighting(num_identities=100, warmup=500, every=100)
+    assert torch.equal(rw.weights(), torch.ones(100))  # before the warm-up ends
+    # Hardness increasing with identity index: identity 0 is the easiest.
+    rw.hardness = torch.arange(100, dtype=torch.float32)
+    assert not rw.step(499) and not rw.step(550)
+    assert rw.step(500)
+    on = rw.raw > 0
+    assert on.sum() == 50 and on[:50].all()
+    assert rw.weights().mean().item() == pytest.approx(1.0)
+    assert rw.step(600)  # × 0.99 and the next 2.4 % (2 identities: 50, 51) switched on
+    assert (
+        (rw.raw > 0).sum() == 52 and rw.raw[0].item() == pytest.approx(0.99) and rw.raw[51] == 1.0
+    )
+    for s in range(700, 5000, 100):
+        rw.step(s)
+    assert (rw.raw > 0).sum() == 90  # stops at 90 %: the 10 hardest stay at 0
+    assert (rw.raw[90:] == 0).all()
+
+
+def test_hardness_is_an_ema_of_the_summed_ce() -> None:
+    rw = IdentityReweighting(num_identities=3, warmup=0, every=1, initial_hardness=10.0)
+    rw.observe(torch.tensor([1, 1]), torch.tensor([2.0, 4.0]))
+    assert rw.hardness[1].item() == pytest.approx(0.9 * (0.9 * 10 + 0.2) + 0.4)
+    assert rw.hardness[0].item() == 10.0
