@@ -151,6 +151,16 @@ class CidSection(_Section):
     tau: float = Field(gt=0)
 
 
+class Wen2021Section(_Section):
+    """``wen2021``: Wen et al. 2021; the schedule is in training steps of the re-weighting run."""
+
+    published_code: bool
+    reweight_epochs: int = Field(ge=1)
+    warmup_steps: int = Field(ge=0)
+    every_steps: int = Field(ge=1)
+    initial_hardness: float = Field(gt=0)
+
+
 class Params(_Section):
     base: BaseParams
     data: DataParams
@@ -158,9 +168,10 @@ class Params(_Section):
     manifest: ManifestParams
     face: FaceStageParams
     voice: VoiceStageParams
-    methods: list[Literal["cid"]]
+    methods: list[Literal["cid", "wen2021"]]
     train: TrainParams
     cid: CidSection
+    wen2021: Wen2021Section
 
 
 class ParamsError(ValueError):

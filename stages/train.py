@@ -1,10 +1,11 @@
 """DVC stage ``train@<method>``: train one association method on the feature shards.
 
 Loads the training split's (face, voice) pairs, trains the method's encoders with the shared
-loop (seeded, a checkpoint every epoch, resumed after a kill), writes ``models/<method>/``
-(``model.pt``; ``checkpoint.pt`` persists across runs for resuming), the per-epoch history for
-``dvc plots`` and a quick 1:2 voice->face check on unseen identities. The device comes from
-``VOXFACE_DEVICE`` (default: CUDA when present, else CPU).
+loop (seeded, a checkpoint every epoch, resumed after a kill), and writes ``models/<method>/``
+(``model.pt``; ``state/`` keeps the checkpoints across runs for resuming), the per-epoch
+history for ``dvc plots`` and a quick 1:2 voice->face check on unseen identities. ``wen2021``
+runs its two phases here (the re-weighting run, then the main run with the identity weights
+frozen). The device comes from ``VOXFACE_DEVICE`` (default: CUDA when present, else CPU).
 """
 
 from __future__ import annotations
@@ -21,18 +22,27 @@ from prefect import flow
 
 from pipeline.atomic import atomic_path
 from pipeline.methods.cid import CID, CIDParams
+from pipeline.methods.wen2021 import Wen2021, Wen2021Params
 from pipeline.oracle import matching_accuracy, matching_trials
-from pipeline.pairs import load_pairs
+from pipeline.pairs import PairData, load_pairs
 from pipeline.params import Params
 from pipeline.schema import MANIFEST, read_table
 from pipeline.train.loop import TrainConfig, embed_clips, train
 from stages._runtime import prefect_api, stage_params, write_json
 
 
-def build_method(name: str, params: Params) -> tuple[torch.nn.Module, object]:
+def build_method(name: str, params: Params, data: PairData) -> tuple[torch.nn.Module, object]:
+    """The method's loss module (seeded, so a classifier's init is reproducible) and params."""
+    torch.manual_seed(params.base.seed)
     if name == "cid":
         p = CIDParams(params.cid.tau)
         return CID(p), p
+    if name == "wen2021":
+        w = params.wen2021
+        wp = Wen2021Params(
+            w.published_code, w.reweight_epochs, w.warmup_steps, w.every_steps, w.initial_hardness
+        )
+        return Wen2021(wp, len(data.identities), params.train.embed_dim), wp
     raise SystemExit(f"unknown method {name!r}")
 
 
@@ -61,17 +71,30 @@ def train_flow(
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(int(os.environ.get("VOXFACE_THREADS", str(os.cpu_count() or 1))))
     data = load_pairs(Path(manifest), Path(faces), Path(voice), ("train",), t.face_size_px)
-    method, mparams = build_method(method_name, params)
+    method, mparams = build_method(method_name, params, data)
     dev = device()
+    state = Path(out) / "state"
 
     def show(row: dict[str, float]) -> None:
         print(
-            f"{method_name} epoch {int(row['epoch'])}/{cfg.epochs}: loss {row['loss']:.4f} "
+            f"{method_name} epoch {int(row['epoch'])}: loss {row['loss']:.4f} "
             f"({row['pairs_per_s']:.0f} pairs/s)",
             flush=True,
         )
 
-    encoders, history = train(data, method, mparams, cfg, Path(out), dev, progress=show)
+    extra: dict[str, Any] = {}
+    if isinstance(method, Wen2021):
+        # Phase 1: the re-weighting run; its final identity weights are frozen for phase 2,
+        # which trains fresh encoders and classifier (the paper's two runs, one stage).
+        rw_cfg = TrainConfig(**{**cfg.__dict__, "epochs": params.wen2021.reweight_epochs})
+        train(data, method, mparams, rw_cfg, state / "reweight", dev, progress=show)
+        weights = method.weights.detach().clone()
+        extra["identities_kept"] = round(float((weights > 0).float().mean()), 4)
+        method, _ = build_method(method_name, params, data)
+        assert isinstance(method, Wen2021)
+        method.freeze(weights)
+        mparams = (mparams, weights.tolist())
+    encoders, history = train(data, method, mparams, cfg, state / "main", dev, progress=show)
     with atomic_path(Path(out) / "model.pt") as tmp:
         torch.save(
             {"config": cfg.__dict__, "method": method_name, "encoders": encoders.state_dict()}, tmp
@@ -97,6 +120,7 @@ def train_flow(
         "test_unseen_1to2_v2f_U": round(acc["U"], 4),
         "test_unseen_1to2_v2f_G": round(acc["G"], 4),
         "test_unseen_identities": len(test.identities),
+        **extra,
     }
 
 

@@ -54,7 +54,7 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
     wall = time.perf_counter() - t0
     print(f"tiny dvc repro: {wall:.1f} s")
-    for stage in ("synth", "manifest", "faces", "voice", "train@cid"):
+    for stage in ("synth", "manifest", "faces", "voice", "train@cid", "train@wen2021"):
         assert f"Running stage '{stage}'" in out
     return repo, env, wall
 
@@ -132,7 +132,7 @@ def test_changing_a_method_param_reruns_only_that_method(
     params.write_text(params.read_text().replace("  tau: 0.1", "  tau: 0.2", 1))
     out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
     assert "Running stage 'train@cid'" in out
-    for stage in ("synth", "manifest", "faces", "voice"):
+    for stage in ("synth", "manifest", "faces", "voice", "train@wen2021"):
         assert f"Running stage '{stage}'" not in out
 
 

@@ -47,19 +47,24 @@ def plain_loop_wen(
     return total / b
 
 
+PARAMS = Wen2021Params(
+    published_code=False, reweight_epochs=1, warmup=500, every=100, initial_hardness=100.0
+)
+
+
 def _setup(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Wen2021]:
     g = torch.Generator().manual_seed(seed)
     face = torch.randn(6, 4, generator=g, dtype=torch.float64)
     voice = torch.randn(6, 4, generator=g, dtype=torch.float64)
     y = torch.tensor([0, 1, 2, 0, 1, 3])
-    model = Wen2021(Wen2021Params(num_identities=4, dim=4)).double()
-    model.weights.copy_(torch.tensor([1.5, 0.5, 2.0, 0.0]))
+    model = Wen2021(PARAMS, num_identities=4, dim=4).double()
+    model.freeze(torch.tensor([1.5, 0.5, 2.0, 0.0]))
     return face, voice, y, model
 
 
 def test_loss_matches_the_plain_loop() -> None:
     face, voice, y, model = _setup()
-    got = model(face, voice, y)["loss"].item()
+    got = model.loss_terms(face, voice, y)["loss"].item()
     want = plain_loop_wen(
         face.tolist(),
         voice.tolist(),
@@ -74,9 +79,9 @@ def test_published_code_flag_uses_batch_mean_weight() -> None:
     face, voice, y, model = _setup()
     t = model.per_sample(face, voice, y)
     total = t["ce_face"] + t["ce_voice"] + t["local"]
-    paper = model(face, voice, y)["loss"].item()
-    model.params = Wen2021Params(4, 4, published_code=True)
-    quirk = model(face, voice, y)["loss"].item()
+    paper = model.loss_terms(face, voice, y)["loss"].item()
+    model.params = Wen2021Params(True, 1, 500, 100, 100.0)
+    quirk = model.loss_terms(face, voice, y)["loss"].item()
     assert quirk == pytest.approx((total.mean() * model.weights[y].mean()).item())
     assert quirk != pytest.approx(paper)
 
@@ -94,7 +99,7 @@ def test_gradient_check() -> None:
     face, voice, y, model = _setup(1)
     f = face.clone().requires_grad_(True)
     v = voice.clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda a, b: model(a, b, y)["loss"], (f, v))
+    assert torch.autograd.gradcheck(lambda a, b: model.loss_terms(a, b, y)["loss"], (f, v))
 
 
 def test_reweighting_schedule_on_hand_made_hardness() -> None:
@@ -122,3 +127,21 @@ def test_hardness_is_an_ema_of_the_summed_ce() -> None:
     rw.observe(torch.tensor([1, 1]), torch.tensor([2.0, 4.0]))
     assert rw.hardness[1].item() == pytest.approx(0.9 * (0.9 * 10 + 0.2) + 0.4)
     assert rw.hardness[0].item() == 10.0
+
+
+def test_training_mode_runs_the_schedule_and_main_phase_freezes_it() -> None:
+    model = Wen2021(Wen2021Params(False, 1, warmup=2, every=1, initial_hardness=100.0), 4, 3)
+    g = torch.Generator().manual_seed(0)
+    y = torch.tensor([0, 1, 2, 3])
+    model.train()
+    out = {}
+    for _ in range(3):
+        out = model.loss_terms(torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g), y)
+    assert out["identities_on"].item() == pytest.approx(0.5)  # first re-weighting at step 2
+    assert model.weights.mean().item() == pytest.approx(1.0)
+    state = model.state_dict()
+    assert int(state["schedule.state"][0]) == 3  # checkpointed with the model
+    frozen = model.weights.clone()
+    model.freeze(frozen)
+    model.loss_terms(torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g), y)
+    assert torch.equal(model.weights, frozen) and int(model.schedule.state[0]) == 3

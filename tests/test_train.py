@@ -123,17 +123,18 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
         assert torch.equal(val, resumed.state_dict()[k]), k
 
 
-def test_a_finished_or_foreign_checkpoint_is_not_resumed(tmp_path: Path) -> None:
+def test_a_finished_run_is_reused_and_a_foreign_checkpoint_ignored(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     data = toy_pairs()
     short = TrainConfig(**{**CFG.__dict__, "epochs": 2})
     _, first = train(
         data, CID(CIDParams(0.2)), CIDParams(0.2), short, tmp_path, torch.device("cpu")
     )
+    seen: list[dict[str, float]] = []
     _, again = train(
-        data, CID(CIDParams(0.2)), CIDParams(0.2), short, tmp_path, torch.device("cpu")
+        data, CID(CIDParams(0.2)), CIDParams(0.2), short, tmp_path, torch.device("cpu"), seen.append
     )
-    assert len(again) == 2 and [h["loss"] for h in again] == [h["loss"] for h in first]
+    assert again == first and seen == []  # nothing trained: the finished run is reused
     other = toy_pairs(seed=1)  # other data, same config: a fresh run, not a resume
     _, fresh = train(
         other, CID(CIDParams(0.2)), CIDParams(0.2), short, tmp_path, torch.device("cpu")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +29,14 @@ LOCAL_MARGIN = 3.4  # the published code's constant inside the log
 
 @dataclass(frozen=True)
 class Wen2021Params:
-    num_identities: int
-    dim: int
-    published_code: bool = False
+    """``published_code``: the released code's batch-mean weighting. ``warmup`` / ``every``:
+    the re-weighting schedule in training steps (paper: 500 / 100 of a 2,400-step run)."""
+
+    published_code: bool
+    reweight_epochs: int
+    warmup: int
+    every: int
+    initial_hardness: float
 
 
 def local_alignment(anchor: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -53,14 +59,28 @@ def local_alignment(anchor: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
 
 
 class Wen2021(nn.Module):
-    """The loss, with its shared classifier and the identity weights as a buffer."""
+    """The loss, with its shared classifier and the identity weights.
 
-    def __init__(self, params: Wen2021Params) -> None:
+    In training mode and while ``reweighting`` is on (the first phase), each batch updates the
+    identities' hardness and the schedule, and ``weights`` follow it; in the main phase the
+    weights are frozen at the first phase's final values (:meth:`freeze`).
+    """
+
+    def __init__(self, params: Wen2021Params, num_identities: int, dim: int) -> None:
         super().__init__()
         self.params = params
-        self.classifier = nn.Linear(params.dim, params.num_identities, bias=False)  # W (C, d)
+        self.classifier = nn.Linear(dim, num_identities, bias=False)  # W (C, d)
+        self.schedule = IdentityReweighting(
+            num_identities, params.warmup, params.every, params.initial_hardness
+        )
         self.weights: torch.Tensor
-        self.register_buffer("weights", torch.ones(params.num_identities))  # w_c, mean 1
+        self.register_buffer("weights", torch.ones(num_identities))  # w_c, mean 1
+        self.reweighting = True
+
+    def freeze(self, weights: torch.Tensor) -> None:
+        """Main phase: use these identity weights, never update them."""
+        self.weights.copy_(weights)
+        self.reweighting = False
 
     def per_sample(
         self, face: torch.Tensor, voice: torch.Tensor, identity: torch.Tensor
@@ -72,11 +92,15 @@ class Wen2021(nn.Module):
             "local": 0.5 * (local_alignment(voice, face) + local_alignment(face, voice)),
         }
 
-    def forward(
+    def loss_terms(
         self, face: torch.Tensor, voice: torch.Tensor, identity: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """face, voice: (B, d); identity: (B,) in [0, C) -> loss terms (scalars)."""
         t = self.per_sample(face, voice, identity)
+        if self.training and self.reweighting:
+            self.schedule.observe(identity, t["ce_face"] + t["ce_voice"])
+            if self.schedule.tick():
+                self.weights.copy_(self.schedule.weights())
         w = self.weights[identity]  # (B,)
         total = t["ce_face"] + t["ce_voice"] + t["local"]
         loss = total.mean() * w.mean() if self.params.published_code else (w * total).mean()
@@ -84,10 +108,17 @@ class Wen2021(nn.Module):
             "loss": loss,
             "identity_ce": (t["ce_face"] + t["ce_voice"]).mean().detach(),
             "local": t["local"].mean().detach(),
+            "identities_on": (self.weights > 0).float().mean(),
         }
 
+    def forward(
+        self, face: torch.Tensor, voice: torch.Tensor, batch: Any
+    ) -> dict[str, torch.Tensor]:
+        """Training-loop entry: ``batch.identity`` (B,) are the labels."""
+        return self.loss_terms(face, voice, batch.identity)
 
-class IdentityReweighting:
+
+class IdentityReweighting(nn.Module):
     """Dynamic identity re-weighting: a running hardness per identity and the paper's schedule.
 
     ``h_c ← 0.9 h_c + 0.1 (CE_face + CE_voice)`` for each sample of identity c (starting at
@@ -108,9 +139,13 @@ class IdentityReweighting:
         cap: float = 0.9,
         decay: float = 0.99,
     ) -> None:
-        self.hardness = torch.full((num_identities,), float(initial_hardness))
-        self.raw = torch.ones(num_identities)
-        self.started = False
+        super().__init__()
+        self.hardness: torch.Tensor
+        self.raw: torch.Tensor
+        self.state: torch.Tensor
+        self.register_buffer("hardness", torch.full((num_identities,), float(initial_hardness)))
+        self.register_buffer("raw", torch.ones(num_identities))
+        self.register_buffer("state", torch.zeros(2, dtype=torch.long))  # (steps, started)
         self.warmup, self.every = warmup, every
         self.first_fraction, self.step_fraction, self.cap, self.decay = (
             first_fraction,
@@ -124,16 +159,21 @@ class IdentityReweighting:
         for c, x in zip(identity.tolist(), ce_sum.detach().cpu().tolist(), strict=True):
             self.hardness[c] = 0.9 * self.hardness[c] + 0.1 * x
 
+    def tick(self) -> bool:
+        """Count one training step and apply the schedule; True when the weights changed."""
+        self.state[0] += 1
+        return self.step(int(self.state[0]))
+
     def step(self, step: int) -> bool:
         """Apply the schedule at global ``step`` (1-based); True when the weights changed."""
         if step < self.warmup or (step - self.warmup) % self.every:
             return False
         n = len(self.raw)
         order = torch.argsort(self.hardness, stable=True)  # easiest first
-        if not self.started:
-            self.raw = torch.zeros(n)
+        if not bool(self.state[1]):
+            self.raw.zero_()
             self.raw[order[: round(self.first_fraction * n)]] = 1.0
-            self.started = True
+            self.state[1] = 1
             return True
         self.raw *= self.decay
         on = int((self.raw > 0).sum())

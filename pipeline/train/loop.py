@@ -4,14 +4,16 @@ A method is a ``torch.nn.Module`` whose ``forward(face, voice, batch)`` returns 
 terms with ``"loss"`` the one to minimise, plus an optional ``on_epoch_start(ctx)`` hook
 (clustering, re-weighting). The loop owns the encoders, the optimiser, the sampling generator
 and the history; a checkpoint holds all of them, so a killed run resumes where it stopped and
-ends with the same weights as an uninterrupted one. A checkpoint of other settings or other
-data, or of a finished run, is never resumed.
+ends with the same weights as an uninterrupted one. A checkpoint of other settings, other data
+or other code is never resumed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -21,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline import encoders as encoders_module
+from pipeline import pairs as pairs_module
 from pipeline.atomic import atomic_path
 from pipeline.encoders import build_face_encoder, build_voice_encoder
 from pipeline.pairs import PairData, sample_batch
@@ -38,9 +42,17 @@ class TrainConfig:
     voice_frames: int
     seed: int
 
-    def digest(self, method_params: object, data: PairData) -> str:
-        """Identifies a run: this config, the method's params and the training data's content."""
+    def digest(self, method_params: object, data: PairData, method: nn.Module) -> str:
+        """Identifies a run: this config, the method's params, the training data's content and
+        the source of the code that trains it (loop, encoders, pairs, the method's module)."""
         h = hashlib.sha256(json.dumps([asdict(self), repr(method_params)], sort_keys=True).encode())
+        for module in (
+            sys.modules[__name__],
+            encoders_module,
+            pairs_module,
+            sys.modules[type(method).__module__],
+        ):
+            h.update(Path(inspect.getfile(module)).read_bytes())
         for t in (
             data.faces,
             data.face_offsets,
@@ -86,7 +98,7 @@ def train(
     """Train ``method`` on ``data``; writes ``checkpoint.pt`` every epoch in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint.pt"
-    digest = cfg.digest(method_params, data)
+    digest = cfg.digest(method_params, data, method)
     torch.manual_seed(cfg.seed)
     encoders = Encoders(cfg).to(device)
     method.to(device)
@@ -97,9 +109,9 @@ def train(
     start = 0
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        # Resume only an interrupted run of the same config and data; a finished one (or any
-        # other) is trained again from scratch, as a forced `dvc repro` expects.
-        if state.get("digest") == digest and state["epoch"] < cfg.epochs:
+        # Resume (or reuse, when finished) only a run of the same config, data and code: it
+        # would end with the same weights anyway. Anything else starts from scratch.
+        if state.get("digest") == digest:
             encoders.load_state_dict(state["encoders"])
             method.load_state_dict(state["method"])
             opt.load_state_dict(state["optimizer"])
