@@ -21,6 +21,16 @@ class MediaError(RuntimeError):
     """A media file could not be decoded; the message names the file and the reason."""
 
 
+def _existing_file(path: Path | str) -> Path:
+    """``path`` as a Path, or a MediaError when it is missing or empty."""
+    p = Path(path)
+    if not p.is_file():
+        raise MediaError(f"{p}: file not found")
+    if p.stat().st_size == 0:
+        raise MediaError(f"{p}: empty file")
+    return p
+
+
 def _reason(err: Exception, stream: str) -> str:
     """A one-line reason from decord's multi-line C++ error text."""
     text = str(err)
@@ -45,11 +55,7 @@ def read_frames(path: Path | str, rate_hz: float) -> tuple[np.ndarray, np.ndarra
     """Frames sampled at ``rate_hz``: (times_s (K,), frames (K, H, W, 3) uint8 RGB)."""
     import decord
 
-    p = Path(path)
-    if not p.is_file():
-        raise MediaError(f"{p}: file not found")
-    if p.stat().st_size == 0:
-        raise MediaError(f"{p}: empty file")
+    p = _existing_file(path)
     try:
         vr = decord.VideoReader(str(p), ctx=decord.cpu(0), num_threads=1)
         fps = float(vr.get_avg_fps())
@@ -70,11 +76,7 @@ def read_audio(path: Path | str, sample_rate_hz: int = 16000) -> np.ndarray:
     """The audio track as float32 mono samples in [-1, 1] at ``sample_rate_hz``, shape (N,)."""
     import decord
 
-    p = Path(path)
-    if not p.is_file():
-        raise MediaError(f"{p}: file not found")
-    if p.stat().st_size == 0:
-        raise MediaError(f"{p}: empty file")
+    p = _existing_file(path)
     try:
         ar = decord.AudioReader(str(p), ctx=decord.cpu(0), sample_rate=sample_rate_hz, mono=True)
         samples = ar[:].asnumpy()

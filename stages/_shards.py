@@ -17,8 +17,9 @@ from typing import Any
 import pandas as pd
 from prefect import task
 
-from pipeline.schema import FAILURES, write_table
-from pipeline.shard import ClipRef, ShardResult
+from pipeline.atomic import atomic_dir
+from pipeline.schema import FAILURES, MANIFEST, read_table, write_table
+from pipeline.shard import ClipRef, ShardResult, clip_refs
 from stages._runtime import (
     fail,
     limit_native_threads,
@@ -56,13 +57,28 @@ def run_shard(
 def fan_out(
     stage: str,
     fn: Callable[..., ShardResult],
+    manifest: str,
+    shard_clips: int,
+    root: str,
+    cfg: Any,
+    out: str,
+) -> tuple[Counter[str], pd.DataFrame]:
+    """Every clip of ``manifest``, one task per shard; the shards and ``failures.parquet`` replace
+    the folder ``out`` whole. Returns the summed counts and the failure rows."""
+    clips = clip_refs(read_table(manifest, MANIFEST))
+    with atomic_dir(out) as tmp:
+        return _fan_out(stage, fn, clips, shard_clips, Path(root), cfg, tmp)
+
+
+def _fan_out(
+    stage: str,
+    fn: Callable[..., ShardResult],
     clips: list[ClipRef],
     shard_clips: int,
     root: Path,
     cfg: Any,
     out_dir: Path,
 ) -> tuple[Counter[str], pd.DataFrame]:
-    """Submit one task per shard, wait, write ``failures.parquet``; return counts and failures."""
     futures = [
         run_shard.submit(
             fn, part, str(root), cfg, str(out_dir / f"{stage}-{i:05d}.parquet"), decode_timeout_s()

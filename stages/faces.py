@@ -8,17 +8,13 @@ a hang in native decoding cannot freeze the stage), runs MTCNN in batches, keeps
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
-from pipeline.atomic import atomic_dir
 from pipeline.faces import DetectorConfig
 from pipeline.facetrack import FaceConfig, face_shard
 from pipeline.params import FaceStageParams
-from pipeline.schema import MANIFEST, read_table
-from pipeline.shard import clip_refs
 from stages._shards import failure_summary, fan_out, run_stage
 
 
@@ -37,11 +33,9 @@ def face_config(p: FaceStageParams) -> FaceConfig:
 def faces_flow(manifest: str, root: str, params: FaceStageParams, out: str) -> dict[str, Any]:
     """Process every clip of the manifest into ``out``; returns the stage report."""
     t0 = time.perf_counter()
-    clips = clip_refs(read_table(manifest, MANIFEST))
-    with atomic_dir(out) as tmp:
-        counts, failures = fan_out(
-            "faces", face_shard, clips, params.shard_clips, Path(root), face_config(params), tmp
-        )
+    counts, failures = fan_out(
+        "faces", face_shard, manifest, params.shard_clips, root, face_config(params), out
+    )
     sampled = counts["frames_sampled"]
     video_clips = counts["clips_in"] - counts["clips_audio_only"]
     report = {

@@ -8,16 +8,12 @@ features over the speech only. Audio-only inputs (VoxCeleb1 wav, m4a) take this 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
-from pipeline.atomic import atomic_dir
 from pipeline.features import FeatureConfig, VoiceConfig, voice_shard
 from pipeline.params import VoiceStageParams
-from pipeline.schema import MANIFEST, read_table
-from pipeline.shard import clip_refs
 from pipeline.vad import VadConfig
 from stages._shards import failure_summary, fan_out, run_stage
 
@@ -35,11 +31,9 @@ def voice_config(p: VoiceStageParams) -> VoiceConfig:
 def voice_flow(manifest: str, root: str, params: VoiceStageParams, out: str) -> dict[str, Any]:
     """Process every clip of the manifest into ``out``; returns the stage report."""
     t0 = time.perf_counter()
-    clips = clip_refs(read_table(manifest, MANIFEST))
-    with atomic_dir(out) as tmp:
-        counts, failures = fan_out(
-            "voice", voice_shard, clips, params.shard_clips, Path(root), voice_config(params), tmp
-        )
+    counts, failures = fan_out(
+        "voice", voice_shard, manifest, params.shard_clips, root, voice_config(params), out
+    )
     audio_s = counts["audio_ms"] / 1000
     speech_s = counts["speech_ms"] / 1000
     report = {
