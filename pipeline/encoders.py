@@ -5,11 +5,20 @@
 - ``face_resnet34``: torchvision's ResNet-34 (random init) with an embedding head, CMPC's face
   encoder. ``voice_resnet34`` / ``voice_thin_resnet34``: ResNet-34 block layout over the
   log-mel "image", full width (CMPC) or thin (channels 32-256, Wen's voice encoder).
+- ``face_facenet_frozen``: the optional frozen-embedding front end, facenet-pytorch's
+  InceptionResnetV1 with VGGFace2 weights (frozen) and a trainable MLP head. The weights are
+  downloaded on first use by facenet-pytorch; with ``VOXFACE_NO_DOWNLOAD=1`` (or offline) a
+  missing weights file is an error that names the path to put it at.
+- Heads shared by both modalities after the encoders: ``none`` or ``shared_residual``
+  (:class:`SharedResidual`, bipseudo's cross-modal weighted residual block).
 
 Tensors follow their inputs' device; nothing here assumes CUDA.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -107,7 +116,95 @@ def face_resnet34(dim: int) -> nn.Module:
     return net
 
 
-FACE_ENCODERS = ("face_cnn", "face_resnet34")
+class FrozenFaceNet(nn.Module):
+    """Frozen InceptionResnetV1 (512-d, 160x160 input) + trainable MLP head 512 -> 512 -> dim.
+
+    (B, 3, S, S) in [0, 1] -> resized to 160 and scaled as facenet expects -> (B, dim). The
+    backbone stays in eval mode and gets no gradients.
+    """
+
+    def __init__(self, dim: int, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone.eval()
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.head = nn.Sequential(nn.Linear(512, 512), nn.ReLU(inplace=True), nn.Linear(512, dim))
+
+    def train(self, mode: bool = True) -> FrozenFaceNet:
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(
+            x, size=(160, 160), mode="bilinear", align_corners=False
+        )
+        with torch.no_grad():
+            e = self.backbone((x - 0.5) / (128.0 / 255.0))  # (B, 512)
+        out: torch.Tensor = self.head(e)
+        return out
+
+
+def facenet_weights_path() -> Path:
+    """Where facenet-pytorch keeps the VGGFace2 weights (``$TORCH_HOME/checkpoints``)."""
+    from facenet_pytorch.models.inception_resnet_v1 import get_torch_home
+
+    return Path(get_torch_home()) / "checkpoints" / "20180402-114759-vggface2.pt"
+
+
+def face_facenet_frozen(dim: int) -> nn.Module:
+    """The frozen front end with VGGFace2 weights (downloaded by facenet-pytorch if missing,
+    unless ``VOXFACE_NO_DOWNLOAD=1``)."""
+    from facenet_pytorch import InceptionResnetV1
+
+    path = facenet_weights_path()
+    if not path.is_file():
+        if os.environ.get("VOXFACE_NO_DOWNLOAD") == "1":
+            raise FileNotFoundError(
+                f"{path}: facenet VGGFace2 weights not found (face_encoder face_facenet_frozen); "
+                "put the file there or allow the download (unset VOXFACE_NO_DOWNLOAD)"
+            )
+        try:
+            return FrozenFaceNet(dim, InceptionResnetV1(pretrained="vggface2"))
+        except Exception as e:  # urllib raises many types when offline
+            raise FileNotFoundError(
+                f"{path}: facenet VGGFace2 weights missing and the download failed ({e})"
+            ) from e
+    net = InceptionResnetV1(pretrained=None, classify=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    # The file carries the VGGFace2 classifier too; the embedding network is everything else.
+    net.load_state_dict({k: v for k, v in state.items() if not k.startswith("logits.")})
+    return FrozenFaceNet(dim, net)
+
+
+class SharedResidual(nn.Module):
+    """bipseudo's cross-modal weighted residual block, one instance for both modalities:
+    ``normalise(z + α ⊙ g(z))``, ``g`` = FC–BN–ReLU–FC, ``α`` (d,) learned, starting at 0.5.
+    (B, d) -> (B, d)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.g = nn.Sequential(
+            nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), nn.Linear(dim, dim)
+        )
+        self.alpha = nn.Parameter(torch.full((dim,), 0.5))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(z + self.alpha * self.g(z), dim=1)
+
+
+HEADS = ("none", "shared_residual")
+
+
+def build_head(name: str, dim: int) -> nn.Module:
+    if name == "none":
+        return nn.Identity()
+    if name == "shared_residual":
+        return SharedResidual(dim)
+    raise ValueError(f"unknown head {name!r}; expected one of {HEADS}")
+
+
+FACE_ENCODERS = ("face_cnn", "face_resnet34", "face_facenet_frozen")
 VOICE_ENCODERS = ("voice_cnn", "voice_resnet34", "voice_thin_resnet34")
 
 
@@ -116,6 +213,8 @@ def build_face_encoder(name: str, dim: int) -> nn.Module:
         return FaceCNN(dim)
     if name == "face_resnet34":
         return face_resnet34(dim)
+    if name == "face_facenet_frozen":
+        return face_facenet_frozen(dim)
     raise ValueError(f"unknown face encoder {name!r}; expected one of {FACE_ENCODERS}")
 
 

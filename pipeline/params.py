@@ -161,6 +161,42 @@ class Wen2021Section(_Section):
     initial_hardness: float = Field(gt=0)
 
 
+class CmpcSection(_Section):
+    """``cmpc``: CMPC (IJCAI 2022). ``clusters``: K per granularity (scale with the data: the paper
+    uses 500/1000/1500 for ~18k videos, about 0.4/0.8/1.2 x the identity count)."""
+
+    tau: float = Field(gt=0)
+    clusters: list[int] = Field(min_length=1)
+    start_epoch: int = Field(ge=0)
+    every_epochs: int = Field(ge=1)
+    memory_momentum: float = Field(ge=0, lt=1)
+    delta: float
+    kappa: float = Field(gt=0)
+    phi_mean: float = Field(gt=0)
+    kmeans_iters: int = Field(ge=1)
+    prototypes: bool
+    recalibration: bool
+    published_code: bool
+
+
+class BipseudoSection(_Section):
+    """``bipseudo``: bi-pseudo-label self-supervision (JCRD 2023, reconstructed)."""
+
+    tau: float = Field(gt=0)
+    proto_tau: float = Field(gt=0)
+    clusters: list[int] = Field(min_length=1)
+    start_epoch: int = Field(ge=0)
+    every_epochs: int = Field(ge=1)
+    memory_momentum: float = Field(ge=0, lt=1)
+    kmeans_iters: int = Field(ge=1)
+    weight_pseudo: float = Field(ge=0)
+    weight_pull: float = Field(ge=0)
+    weight_push: float = Field(ge=0)
+
+
+MethodName = Literal["cid", "wen2021", "cmpc", "bipseudo"]
+
+
 class Params(_Section):
     base: BaseParams
     data: DataParams
@@ -168,10 +204,12 @@ class Params(_Section):
     manifest: ManifestParams
     face: FaceStageParams
     voice: VoiceStageParams
-    methods: list[Literal["cid", "wen2021"]]
+    methods: list[MethodName] = Field(min_length=1)
     train: TrainParams
     cid: CidSection
     wen2021: Wen2021Section
+    cmpc: CmpcSection
+    bipseudo: BipseudoSection
 
 
 class ParamsError(ValueError):

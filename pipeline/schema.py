@@ -208,6 +208,37 @@ FAILURES = TableSchema(
     sort_by=("clip_key",),
 )
 
+# Evaluation trial lists (pipeline/trials.py), one long table for every protocol of
+# shared/docs/PROTOCOLS.md. Every clip_key refers to a clip of the row's split.
+TRIALS = TableSchema(
+    name="trials",
+    version=1,
+    schema=pa.schema(
+        [
+            pa.field("split", pa.string(), nullable=False),  # "test_unseen" | "test_seen"
+            # "match" (1:N, whose N = 2 prefix is 1:2) | "verify" | "retrieve" (gallery)
+            pa.field("protocol", pa.string(), nullable=False),
+            # "U" | "G" | "N" | "A" | "GNA" (A, GNA only with an age_group column); retrieve: "U"
+            pa.field("constraint", pa.string(), nullable=False),
+            # match: "v2f" | "f2v"; verify: "vf"; retrieve: "all" (one gallery, both directions)
+            pa.field("direction", pa.string(), nullable=False),
+            pa.field("trial", pa.int32(), nullable=False),  # 0-based index within its group
+            # clip_key of the probe (match: modality per direction; verify: the voice clip;
+            # retrieve: the gallery clip)
+            pa.field("probe", pa.string(), nullable=False),
+            # clip_keys of the other modality. match: true candidate first, then impostors of
+            # distinct identities (length 2..K; the 1:N curve uses the first N); verify: the one
+            # face clip; retrieve: empty
+            pa.field("candidates", pa.list_(pa.string()), nullable=False),
+            pa.field("label", pa.bool_()),  # verify: same identity; null for match / retrieve
+            pa.field("seed", pa.int64(), nullable=False),  # generator seed; -1: imported list
+            # pipeline.trials.GENERATOR_VERSION; 0: imported list
+            pa.field("generator_version", pa.int32(), nullable=False),
+        ]
+    ),
+    sort_by=("split", "protocol", "constraint", "direction", "trial"),
+)
+
 
 def to_table(frame: pd.DataFrame, spec: TableSchema) -> pa.Table:
     """Conform a frame to ``spec``: exact columns, cast types, sorted rows, schema metadata."""

@@ -21,7 +21,9 @@ import torch
 from prefect import flow
 
 from pipeline.atomic import atomic_path
+from pipeline.methods.bipseudo import BiPseudo, BiPseudoParams
 from pipeline.methods.cid import CID, CIDParams
+from pipeline.methods.cmpc import CMPC, CMPCParams
 from pipeline.methods.wen2021 import Wen2021, Wen2021Params
 from pipeline.oracle import matching_accuracy, matching_trials
 from pipeline.pairs import PairData, load_pairs
@@ -43,6 +45,14 @@ def build_method(name: str, params: Params, data: PairData) -> tuple[torch.nn.Mo
             w.published_code, w.reweight_epochs, w.warmup_steps, w.every_steps, w.initial_hardness
         )
         return Wen2021(wp, len(data.identities), params.train.embed_dim), wp
+    if name == "cmpc":
+        c = params.cmpc
+        cp = CMPCParams(**{**c.model_dump(), "clusters": tuple(c.clusters)})
+        return CMPC(cp, len(data.videos), params.train.embed_dim, params.base.seed), cp
+    if name == "bipseudo":
+        b = params.bipseudo
+        bp = BiPseudoParams(**{**b.model_dump(), "clusters": tuple(b.clusters)})
+        return BiPseudo(bp, len(data), params.train.embed_dim, params.base.seed), bp
     raise SystemExit(f"unknown method {name!r}")
 
 
@@ -57,6 +67,10 @@ def train_flow(
     method_name: str, params: Params, manifest: str, faces: str, voice: str, out: str
 ) -> dict[str, Any]:
     t = params.train
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(int(os.environ.get("VOXFACE_THREADS", str(os.cpu_count() or 1))))
+    data = load_pairs(Path(manifest), Path(faces), Path(voice), ("train",), t.face_size_px)
+    method, mparams = build_method(method_name, params, data)
     cfg = TrainConfig(
         t.epochs,
         t.batch_size,
@@ -67,11 +81,8 @@ def train_flow(
         t.voice_encoder,
         t.voice_frames,
         params.base.seed,
+        head=getattr(method, "head", "none"),
     )
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(int(os.environ.get("VOXFACE_THREADS", str(os.cpu_count() or 1))))
-    data = load_pairs(Path(manifest), Path(faces), Path(voice), ("train",), t.face_size_px)
-    method, mparams = build_method(method_name, params, data)
     dev = device()
     state = Path(out) / "state"
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from pipeline.encoders import build_face_encoder, build_voice_encoder
+from pipeline.encoders import (
+    FrozenFaceNet,
+    build_face_encoder,
+    build_voice_encoder,
+    facenet_weights_path,
+)
 
 
 @pytest.mark.parametrize(("name", "size"), [("face_cnn", 64), ("face_resnet34", 112)])
@@ -44,3 +51,39 @@ def test_same_seed_same_weights() -> None:
     torch.manual_seed(3)
     b = build_voice_encoder("voice_cnn", 32).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_frozen_facenet_front_end_without_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The front end's plumbing on a randomly initialised InceptionResnetV1 (the VGGFace2 weights
+    are never downloaded in tests); a missing weights file is an error naming its path."""
+    from facenet_pytorch import InceptionResnetV1
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("VOXFACE_NO_DOWNLOAD", "1")
+    with pytest.raises(FileNotFoundError, match=r"20180402-114759-vggface2\.pt"):
+        build_face_encoder("face_facenet_frozen", 16)
+    net = FrozenFaceNet(16, InceptionResnetV1(pretrained=None))
+    net.train()
+    assert not net.backbone.training  # the frozen backbone keeps its BN statistics
+    out = net(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2, 16)
+    out.sum().backward()
+    assert all(p.grad is None for p in net.backbone.parameters())
+    assert all(p.grad is not None for p in net.head.parameters())
+
+    # A weights file in facenet's place (here a random one, with the classifier keys the real
+    # file carries) is loaded into the backbone exactly.
+    ref = InceptionResnetV1(pretrained=None)
+    state = {
+        **ref.state_dict(),
+        "logits.weight": torch.zeros(3, 512),
+        "logits.bias": torch.zeros(3),
+    }
+    facenet_weights_path().parent.mkdir(parents=True)
+    torch.save(state, facenet_weights_path())
+    loaded = build_face_encoder("face_facenet_frozen", 16)
+    assert isinstance(loaded, FrozenFaceNet)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(loaded.backbone.state_dict()[k], v), k

@@ -26,7 +26,7 @@ from torch import nn
 from pipeline import encoders as encoders_module
 from pipeline import pairs as pairs_module
 from pipeline.atomic import atomic_path
-from pipeline.encoders import build_face_encoder, build_voice_encoder
+from pipeline.encoders import build_face_encoder, build_head, build_voice_encoder
 from pipeline.pairs import PairData, sample_batch
 
 
@@ -41,6 +41,7 @@ class TrainConfig:
     voice_encoder: str
     voice_frames: int
     seed: int
+    head: str = "none"  # set by the method (bipseudo: "shared_residual"), not a user param
 
     def digest(self, method_params: object, data: PairData, method: nn.Module) -> str:
         """Identifies a run: this config, the method's params, the training data's content and
@@ -75,10 +76,23 @@ class Batch:
 
 
 class Encoders(nn.Module):
+    """Both encoders and the head shared by both modalities (identity for most methods)."""
+
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__()
         self.face = build_face_encoder(cfg.face_encoder, cfg.embed_dim)
         self.voice = build_voice_encoder(cfg.voice_encoder, cfg.embed_dim)
+        self.head = build_head(cfg.head, cfg.embed_dim)
+
+    def embed_face(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [0, 1] -> (B, d)."""
+        out: torch.Tensor = self.head(self.face(x))
+        return out
+
+    def embed_voice(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, n_mels, T) -> (B, d)."""
+        out: torch.Tensor = self.head(self.voice(x))
+        return out
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
@@ -134,8 +148,8 @@ def train(
             batch = Batch(
                 clips.to(device), data.identity[clips].to(device), data.video[clips].to(device)
             )
-            f = encoders.face(faces.to(device))  # (B, d)
-            v = encoders.voice(voices.to(device))  # (B, d)
+            f = encoders.embed_face(faces.to(device))  # (B, d)
+            v = encoders.embed_voice(voices.to(device))  # (B, d)
             terms = method(f, v, batch)
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
@@ -174,7 +188,9 @@ def embed_clips(
     for i in range(0, len(data.faces), batch):
         x = data.faces[i : i + batch].float().to(device) / 255.0
         f_all.append(
-            torch.nn.functional.normalize(encoders.face(x) + encoders.face(x.flip(-1)), dim=1)
+            torch.nn.functional.normalize(
+                encoders.embed_face(x) + encoders.embed_face(x.flip(-1)), dim=1
+            )
         )
     frames = torch.cat(f_all)
     faces = torch.stack(
@@ -182,7 +198,7 @@ def embed_clips(
     )
     voices = torch.stack(
         [
-            encoders.voice(
+            encoders.embed_voice(
                 data.voices[data.voice_offsets[c] : data.voice_offsets[c + 1]]
                 .float()
                 .T[None]

@@ -1,0 +1,146 @@
+"""``bipseudo``: bi-pseudo-label self-supervision, Zhu M. et al., JCRD 2023 (unsupervised).
+
+**A reconstruction from the paper's description: no public code exists.** It follows
+METHODS.md §3; where the paper leaves a choice open, the choice made here is stated.
+
+- **Cross-modal weighted residual network**: both encoders end in one residual block whose
+  weights are shared by the two modalities, ``ẑ = normalise(z + α ⊙ g(z))``, ``g`` = FC–BN–ReLU–FC,
+  ``α`` a learned per-channel weight (:class:`pipeline.encoders.SharedResidual`, selected by
+  :attr:`BiPseudo.head`; evaluation embeds through it too).
+- **Bi-pseudo labels**: from epoch ``start_epoch`` and every ``every_epochs``, faiss k-means on
+  each modality's embeddings at several K (``clusters``). Choice: the embeddings are a per-clip
+  memory bank (``m ← normalise(μ m + (1 − μ) ẑ)``, as CMPC's), so clustering costs no extra
+  forward pass. The *voice* clusters supervise the *face* branch and vice versa, as a prototype
+  classification (choice: prototypes = the other modality's normalised centroids, temperature
+  ``proto_tau``):
+  ``L_pseudo = mean_r ½ [CE(f̂_i·C^v_r/τ_p, y^v_r(i)) + CE(v̂_i·C^f_r/τ_p, y^f_r(i))]``.
+- **Auxiliary losses**: ``L_pull = mean_i (1 − ⟨f̂_i, v̂_i⟩)`` pulls a clip's face and voice
+  together; ``L_push`` = the in-batch cross-modal InfoNCE (``cid``'s, temperature ``tau``) pushes
+  different clips apart.
+- ``loss = w_pseudo·L_pseudo + w_pull·L_pull + w_push·L_push``; before the first clustering the
+  pseudo-label term is 0. K and the schedule are analogous to CMPC's (Self-Lifting, the closest
+  published relative, uses faiss k-means with K = 1000).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.methods.clusters import MemoryBank, kmeans
+from pipeline.methods.common import symmetric_info_nce
+
+
+@dataclass(frozen=True)
+class BiPseudoParams:
+    tau: float
+    proto_tau: float
+    clusters: tuple[int, ...]
+    start_epoch: int
+    every_epochs: int
+    memory_momentum: float
+    kmeans_iters: int
+    weight_pseudo: float
+    weight_pull: float
+    weight_push: float
+
+    def __post_init__(self) -> None:
+        if self.tau <= 0 or self.proto_tau <= 0:
+            raise ValueError("bipseudo: tau and proto_tau must be positive")
+        if not self.clusters or min(self.clusters) < 2:
+            raise ValueError(f"bipseudo.clusters must be K >= 2 each, got {self.clusters}")
+        if self.start_epoch < 0 or self.every_epochs < 1 or self.kmeans_iters < 1:
+            raise ValueError("bipseudo: start_epoch >= 0, every_epochs >= 1, kmeans_iters >= 1")
+        if min(self.weight_pseudo, self.weight_pull, self.weight_push) < 0:
+            raise ValueError("bipseudo: loss weights must be >= 0")
+
+
+class BiPseudo(nn.Module):
+    """The loss with its per-clip memory banks and pseudo-labels (buffers, checkpointed)."""
+
+    head = "shared_residual"  # the encoders end in the shared weighted residual block
+
+    def __init__(self, params: BiPseudoParams, num_clips: int, dim: int, seed: int) -> None:
+        super().__init__()
+        if max(params.clusters) > num_clips:
+            raise ValueError(
+                f"bipseudo.clusters {list(params.clusters)}: K cannot exceed the "
+                f"{num_clips} training clips"
+            )
+        self.params, self.seed = params, seed
+        self.memory_face = MemoryBank(num_clips, dim, params.memory_momentum, seed)
+        self.memory_voice = MemoryBank(num_clips, dim, params.memory_momentum, seed + 1)
+        for m in ("face", "voice"):
+            for r, k in enumerate(params.clusters):
+                self.register_buffer(f"{m}_centroids_{r}", torch.zeros(k, dim))
+                self.register_buffer(f"{m}_labels_{r}", torch.zeros(num_clips, dtype=torch.long))
+        self.refreshes: torch.Tensor
+        self.register_buffer("refreshes", torch.zeros((), dtype=torch.long))
+
+    def pseudo(self, modality: str, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalised centroids (K, d), pseudo-label per clip (N,)) of ``modality`` at ``r``."""
+        return getattr(self, f"{modality}_centroids_{r}"), getattr(self, f"{modality}_labels_{r}")
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        for mi, m in enumerate(("face", "voice")):
+            bank = self.memory_face if m == "face" else self.memory_voice
+            for r, k in enumerate(self.params.clusters):
+                seed = self.seed + 1000 * int(self.refreshes) + 10 * r + mi
+                c = kmeans(bank.memory, k, seed, self.params.kmeans_iters)
+                cent, labels = self.pseudo(m, r)
+                cent.copy_(c.centroids)
+                labels.copy_(c.assign)
+        self.refreshes += 1
+
+    def on_epoch_start(self, *, epoch: int, **_: Any) -> None:
+        p = self.params
+        due = epoch >= p.start_epoch and (epoch - p.start_epoch) % p.every_epochs == 0
+        if p.weight_pseudo > 0 and due:
+            self.refresh()
+
+    def pseudo_label_loss(
+        self, face: torch.Tensor, voice: torch.Tensor, clips: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-sample ``mean_r ½ [CE(f̂·C^v_r/τ_p, y^v_r) + CE(v̂·C^f_r/τ_p, y^f_r)]``. -> (B,)."""
+        f, v = F.normalize(face, dim=1), F.normalize(voice, dim=1)  # (B, d)
+        terms = []
+        for r in range(len(self.params.clusters)):
+            cv, yv = self.pseudo("voice", r)
+            cf, yf = self.pseudo("face", r)
+            ce_f = F.cross_entropy(f @ cv.T / self.params.proto_tau, yv[clips], reduction="none")
+            ce_v = F.cross_entropy(v @ cf.T / self.params.proto_tau, yf[clips], reduction="none")
+            terms.append(0.5 * (ce_f + ce_v))
+        return torch.stack(terms).mean(0)
+
+    def loss_terms(
+        self, face: torch.Tensor, voice: torch.Tensor, clips: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """face, voice: (B, d) common embeddings; clips: (B,) memory rows -> terms (scalars)."""
+        p = self.params
+        pull = (1 - (F.normalize(face, dim=1) * F.normalize(voice, dim=1)).sum(1)).mean()
+        push = symmetric_info_nce(face, voice, p.tau).mean()
+        pseudo = (
+            self.pseudo_label_loss(face, voice, clips).mean()
+            if int(self.refreshes) > 0 and p.weight_pseudo > 0
+            else torch.zeros((), device=face.device)
+        )
+        if self.training:
+            self.memory_face.update(clips, face)
+            self.memory_voice.update(clips, voice)
+        return {
+            "loss": p.weight_pseudo * pseudo + p.weight_pull * pull + p.weight_push * push,
+            "pseudo": pseudo.detach(),
+            "pull": pull.detach(),
+            "push": push.detach(),
+        }
+
+    def forward(
+        self, face: torch.Tensor, voice: torch.Tensor, batch: Any
+    ) -> dict[str, torch.Tensor]:
+        """Training-loop entry: ``batch.clips`` (B,) are the memory rows."""
+        return self.loss_terms(face, voice, batch.clips)

@@ -1,0 +1,203 @@
+"""``cmpc``: Zhu et al., IJCAI 2022, "cross-modal prototype contrast" (unsupervised).
+
+Follows METHODS.md §2 (the paper's equations):
+
+- **Memory bank**: one row per training video and modality, ``m ← normalise(0.5 m + 0.5 ẑ)``
+  after every batch (:class:`~pipeline.methods.clusters.MemoryBank`).
+- **Clustering** (per-epoch hook): from epoch ``start_epoch`` and then every ``every_epochs``,
+  faiss k-means on each modality's memory separately at R granularities ``clusters`` (the paper:
+  500/1000/1500 for ~18k videos), with a concentration ``φ`` per cluster
+  (:func:`~pipeline.methods.clusters.concentration`).
+- **Instance contrast**: ``l_inst`` = the ``cid`` InfoNCE, the same code path
+  (:func:`~pipeline.methods.common.cross_modal_info_nce`).
+- **Cross-modal prototype contrast**: anchor ``â_i`` of modality A against the prototypes of
+  modality B of the batch's items: ``l_proto,i = mean_r −log softmax_j(⟨â_i, c^B_{r,k(j)}⟩ /
+  φ^B_{r,k(j)})[i]``, both directions.
+- **Recalibration**: ``ρ_i = ⟨v̂_i, f̂_i⟩ − Σ_r ⟨c^v_{r,k_v(i)}, c^f_{r,k_f(i)}⟩``, a Gaussian with
+  ``μ = mean(ρ) + δ·std(ρ)``, ``σ = std(ρ)·√κ``; ``w_i`` = the batch's cumulative Gaussian mass up
+  to ``ρ_i``, normalised to end at 1 (:func:`recalibration_weights`). Per direction
+  ``L = Σ w_i (l_inst,i + l_proto,i) / Σ w_i``; the loss is the mean of both directions, so with
+  prototypes and recalibration off (or before the first clustering) it *is* ``cid``.
+
+Clusters are kept until the next refresh (paper). ``published_code=True`` reproduces the released
+loop instead, which resets the assignments after one batch: prototypes and weights then act only
+on the first batch after each refresh.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.methods.clusters import MemoryBank, concentration, kmeans
+from pipeline.methods.common import cross_modal_info_nce
+
+
+@dataclass(frozen=True)
+class CMPCParams:
+    """``clusters``: K per granularity; ``start_epoch`` (0-based) / ``every_epochs``: when the
+    memory is clustered; ``delta`` / ``kappa``: the recalibration Gaussian; ``phi_mean``: the
+    concentrations' mean; ``prototypes`` / ``recalibration``: switch the parts off (both off =
+    ``cid``)."""
+
+    tau: float
+    clusters: tuple[int, ...]
+    start_epoch: int
+    every_epochs: int
+    memory_momentum: float
+    delta: float
+    kappa: float
+    phi_mean: float
+    kmeans_iters: int
+    prototypes: bool
+    recalibration: bool
+    published_code: bool
+
+    def __post_init__(self) -> None:
+        if self.tau <= 0 or self.phi_mean <= 0 or self.kappa <= 0:
+            raise ValueError("cmpc: tau, phi_mean and kappa must be positive")
+        if not self.clusters or min(self.clusters) < 2:
+            raise ValueError(
+                f"cmpc.clusters must be a non-empty list of K >= 2, got {self.clusters}"
+            )
+        if self.start_epoch < 0 or self.every_epochs < 1 or self.kmeans_iters < 1:
+            raise ValueError("cmpc: start_epoch >= 0, every_epochs >= 1, kmeans_iters >= 1")
+
+
+def recalibration_weights(rho: torch.Tensor, delta: float, kappa: float) -> torch.Tensor:
+    """CMPC's weights of the batch's instances from their ``ρ`` (B,) -> (B,) in (0, 1].
+
+    Sort ``ρ``; evaluate the Gaussian density with ``μ = mean + δ·std``, ``σ = std·√κ`` (population
+    std) at each sorted value; the weight of ``ρ_i`` is the cumulative sum of those densities up to
+    and including ``ρ_i``, divided by the total. Instances far below the mean (unlearnable) get
+    weights near 0, the rest near 1. A batch with no spread in ``ρ`` gets weights 1.
+    """
+    std = rho.std(unbiased=False)
+    if float(std) == 0.0:
+        return torch.ones_like(rho)
+    mu = rho.mean() + delta * std
+    sigma = std * math.sqrt(kappa)
+    order = torch.argsort(rho, stable=True)
+    density = torch.exp(-0.5 * ((rho[order] - mu) / sigma) ** 2)  # (B,), constant factor cancels
+    cum = torch.cumsum(density, 0)
+    w = torch.empty_like(rho)
+    w[order] = cum / cum[-1]
+    return w
+
+
+class CMPC(nn.Module):
+    """The loss with its memory banks and clusters (all buffers, so checkpoints carry them)."""
+
+    def __init__(self, params: CMPCParams, num_videos: int, dim: int, seed: int) -> None:
+        super().__init__()
+        if max(params.clusters) > num_videos:
+            raise ValueError(
+                f"cmpc.clusters {list(params.clusters)}: K cannot exceed the {num_videos} "
+                "training videos; scale K with the data"
+            )
+        self.params, self.seed = params, seed
+        self.memory_face = MemoryBank(num_videos, dim, params.memory_momentum, seed)
+        self.memory_voice = MemoryBank(num_videos, dim, params.memory_momentum, seed + 1)
+        for m in ("face", "voice"):
+            for r, k in enumerate(params.clusters):
+                self.register_buffer(f"{m}_centroids_{r}", torch.zeros(k, dim))
+                self.register_buffer(f"{m}_phi_{r}", torch.ones(k))
+                self.register_buffer(f"{m}_assign_{r}", torch.zeros(num_videos, dtype=torch.long))
+        self.live: torch.Tensor  # 1 while the clusters act on batches
+        self.register_buffer("live", torch.zeros((), dtype=torch.long))
+        self.refreshes: torch.Tensor
+        self.register_buffer("refreshes", torch.zeros((), dtype=torch.long))
+
+    def clusters(self, modality: str, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(centroids (K, d), φ (K,), assignment per video (V,)) of granularity ``r``."""
+        return (
+            getattr(self, f"{modality}_centroids_{r}"),
+            getattr(self, f"{modality}_phi_{r}"),
+            getattr(self, f"{modality}_assign_{r}"),
+        )
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """k-means on each modality's memory at every granularity; φ per cluster."""
+        for mi, m in enumerate(("face", "voice")):
+            bank = self.memory_face if m == "face" else self.memory_voice
+            for r, k in enumerate(self.params.clusters):
+                seed = self.seed + 1000 * int(self.refreshes) + 10 * r + mi
+                c = kmeans(bank.memory, k, seed, self.params.kmeans_iters)
+                cent, phi, assign = self.clusters(m, r)
+                cent.copy_(c.centroids)
+                phi.copy_(concentration(c, k, self.params.phi_mean))
+                assign.copy_(c.assign)
+        self.refreshes += 1
+        self.live.fill_(1)
+
+    def on_epoch_start(self, *, epoch: int, **_: Any) -> None:
+        """Cluster at ``start_epoch`` and every ``every_epochs`` after it."""
+        p = self.params
+        due = epoch >= p.start_epoch and (epoch - p.start_epoch) % p.every_epochs == 0
+        if (p.prototypes or p.recalibration) and due:
+            self.refresh()
+
+    def prototype_contrast(
+        self, anchor: torch.Tensor, other: str, video: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-anchor ``mean_r −log softmax_j(⟨â_i, c_{r,k(j)}⟩ / φ_{r,k(j)})[i]`` against modality
+        ``other``'s prototypes of the batch's videos. anchor (B, d), video (B,) -> (B,)."""
+        a = F.normalize(anchor, dim=1)  # (B, d)
+        target = torch.arange(len(a), device=a.device)
+        terms = []
+        for r in range(len(self.params.clusters)):
+            cent, phi, assign = self.clusters(other, r)
+            k = assign[video]  # (B,)
+            logits = (a @ cent[k].T) / phi[k][None, :]  # (B, B)
+            terms.append(F.cross_entropy(logits, target, reduction="none"))
+        return torch.stack(terms).mean(0)
+
+    def rho(self, face: torch.Tensor, voice: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+        """``ρ_i = ⟨v̂_i, f̂_i⟩ − Σ_r ⟨c^v_{r,k_v(i)}, c^f_{r,k_f(i)}⟩`` (detached). -> (B,)."""
+        pair = (F.normalize(voice.detach(), dim=1) * F.normalize(face.detach(), dim=1)).sum(1)
+        proto = torch.zeros_like(pair)
+        for r in range(len(self.params.clusters)):
+            cv, _, av = self.clusters("voice", r)
+            cf, _, af = self.clusters("face", r)
+            proto = proto + (cv[av[video]] * cf[af[video]]).sum(1)
+        return pair - proto
+
+    def loss_terms(
+        self, face: torch.Tensor, voice: torch.Tensor, video: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """face, voice: (B, d); video: (B,) memory rows -> loss terms (scalars)."""
+        p = self.params
+        inst_vf = cross_modal_info_nce(voice, face, p.tau)  # (B,)
+        inst_fv = cross_modal_info_nce(face, voice, p.tau)  # (B,)
+        zero = torch.zeros_like(inst_vf)
+        use = bool(self.live)
+        proto_vf = self.prototype_contrast(voice, "face", video) if use and p.prototypes else zero
+        proto_fv = self.prototype_contrast(face, "voice", video) if use and p.prototypes else zero
+        w = torch.ones_like(inst_vf)
+        if use and p.recalibration:
+            w = recalibration_weights(self.rho(face, voice, video), p.delta, p.kappa)
+        loss_vf = (w * (inst_vf + proto_vf)).sum() / w.sum()
+        loss_fv = (w * (inst_fv + proto_fv)).sum() / w.sum()
+        if self.training:
+            self.memory_face.update(video, face)
+            self.memory_voice.update(video, voice)
+            if p.published_code:
+                self.live.fill_(0)
+        return {
+            "loss": 0.5 * (loss_vf + loss_fv),
+            "instance": 0.5 * (inst_vf + inst_fv).mean().detach(),
+            "prototype": 0.5 * (proto_vf + proto_fv).mean().detach(),
+            "weight_mean": w.mean().detach(),
+        }
+
+    def forward(
+        self, face: torch.Tensor, voice: torch.Tensor, batch: Any
+    ) -> dict[str, torch.Tensor]:
+        """Training-loop entry: ``batch.video`` (B,) are the memory rows."""
+        return self.loss_terms(face, voice, batch.video)

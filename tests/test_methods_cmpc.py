@@ -1,0 +1,230 @@
+"""cmpc: the loss against a plain loop from METHODS.md §2, the cid special case, recalibration
+weights and concentrations on hand-made inputs, the memory bank, gradients and the
+published-code flag."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline.methods.cid import CID, CIDParams
+from pipeline.methods.clusters import Clustering, MemoryBank, concentration, kmeans
+from pipeline.methods.cmpc import CMPC, CMPCParams, recalibration_weights
+
+
+def params(**kw: object) -> CMPCParams:
+    base: dict[str, object] = dict(
+        tau=0.3, clusters=(2, 3), start_epoch=0, every_epochs=1, memory_momentum=0.5,
+        delta=-1.0, kappa=0.1, phi_mean=0.2, kmeans_iters=10, prototypes=True,
+        recalibration=True, published_code=False,
+    )  # fmt: skip
+    base.update(kw)
+    return CMPCParams(**base)  # type: ignore[arg-type]
+
+
+def dot(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))
+
+
+def unit(a: list[float]) -> list[float]:
+    n = math.sqrt(dot(a, a))
+    return [x / n for x in a]
+
+
+def plain_weights(rho: list[float], delta: float, kappa: float) -> list[float]:
+    """Straight from the formula: sort ρ, Gaussian density at each sorted value, running sum,
+    divided by the total."""
+    b = len(rho)
+    mean = sum(rho) / b
+    std = math.sqrt(sum((r - mean) ** 2 for r in rho) / b)
+    mu, sigma = mean + delta * std, std * math.sqrt(kappa)
+    order = sorted(range(b), key=lambda i: rho[i])
+    dens = [
+        math.exp(-0.5 * ((rho[i] - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+        for i in order
+    ]
+    total = sum(dens)
+    w = [0.0] * b
+    run = 0.0
+    for i, d in zip(order, dens, strict=True):
+        run += d
+        w[i] = run / total
+    return w
+
+
+def plain_loop_cmpc(
+    model: CMPC, face: list[list[float]], voice: list[list[float]], video: list[int]
+) -> float:
+    p = model.params
+    b, r_count = len(face), len(p.clusters)
+    f = [unit(x) for x in face]
+    v = [unit(x) for x in voice]
+
+    def proto(m: str, r: int, j: int) -> tuple[list[float], float]:
+        cent, phi, assign = model.clusters(m, r)
+        k = int(assign[video[j]])
+        return cent[k].tolist(), float(phi[k])
+
+    def inst(a: list[list[float]], o: list[list[float]], i: int) -> float:
+        logits = [dot(a[i], o[j]) / p.tau for j in range(b)]
+        return -logits[i] + math.log(sum(math.exp(z) for z in logits))
+
+    def proto_term(a: list[list[float]], other: str, i: int) -> float:
+        total = 0.0
+        for r in range(r_count):
+            logits = []
+            for j in range(b):
+                c, phi = proto(other, r, j)
+                logits.append(dot(a[i], c) / phi)
+            total += -logits[i] + math.log(sum(math.exp(z) for z in logits))
+        return total / r_count
+
+    rho = []
+    for i in range(b):
+        s = dot(v[i], f[i])
+        for r in range(r_count):
+            s -= dot(proto("voice", r, i)[0], proto("face", r, i)[0])
+        rho.append(s)
+    w = plain_weights(rho, p.delta, p.kappa)
+    loss_vf = sum(w[i] * (inst(v, f, i) + proto_term(v, "face", i)) for i in range(b)) / sum(w)
+    loss_fv = sum(w[i] * (inst(f, v, i) + proto_term(f, "voice", i)) for i in range(b)) / sum(w)
+    return 0.5 * (loss_vf + loss_fv)
+
+
+def clustered_model(seed: int = 0, **kw: object) -> CMPC:
+    """A model over 8 videos whose memories were filled at random and clustered."""
+    model = CMPC(params(**kw), num_videos=8, dim=4, seed=seed).double()
+    g = torch.Generator().manual_seed(seed + 7)
+    model.memory_face.memory.copy_(
+        torch.nn.functional.normalize(torch.randn(8, 4, generator=g), dim=1)
+    )
+    model.memory_voice.memory.copy_(
+        torch.nn.functional.normalize(torch.randn(8, 4, generator=g), dim=1)
+    )
+    model.refresh()
+    return model
+
+
+def batch(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    face = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    voice = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    return face, voice, torch.tensor([0, 3, 5, 5, 7, 1])
+
+
+def test_loss_matches_the_plain_loop() -> None:
+    model = clustered_model()
+    model.eval()  # no memory update, so the loop sees the same clusters
+    face, voice, video = batch()
+    got = model.loss_terms(face, voice, video)["loss"].item()
+    assert got == pytest.approx(
+        plain_loop_cmpc(model, face.tolist(), voice.tolist(), video.tolist()), rel=1e-9
+    )
+
+
+def test_parts_switched_off_is_cid() -> None:
+    face, voice, video = batch()
+    cid = CID(CIDParams(0.3))(face, voice)["loss"]
+    off = clustered_model(prototypes=False, recalibration=False)
+    assert off.loss_terms(face, voice, video)["loss"].item() == pytest.approx(cid.item(), rel=1e-12)
+    # Before the first clustering too, with every part on.
+    fresh = CMPC(params(), num_videos=8, dim=4, seed=0).double()
+    assert fresh.loss_terms(face, voice, video)["loss"].item() == pytest.approx(
+        cid.item(), rel=1e-12
+    )
+
+
+def test_recalibration_weights_on_hand_made_rho() -> None:
+    rho = torch.tensor([0.9, -0.5, 0.1, 0.8, 0.85, 0.7], dtype=torch.float64)
+    w = recalibration_weights(rho, -1.0, 0.1)
+    assert w.tolist() == pytest.approx(plain_weights(rho.tolist(), -1.0, 0.1), rel=1e-12)
+    order = torch.argsort(rho)
+    assert torch.all(torch.diff(w[order]) >= 0)  # monotone in ρ
+    assert w.max().item() == pytest.approx(1.0)  # the largest ρ takes all the mass
+    assert w[1].item() < 0.05 < 0.5 < w[3].item()  # the outlier far below the mean: ~ 0
+    # Closed form: two values, μ = mean − std lands exactly on the lower one; the lower gets
+    # e^0 / (e^0 + e^{−½ (2 std / (std √κ))²}) = 1 / (1 + e^{−2/κ}).
+    w2 = recalibration_weights(torch.tensor([0.0, 2.0], dtype=torch.float64), -1.0, 0.1)
+    assert w2.tolist() == pytest.approx([1 / (1 + math.exp(-2 / 0.1)), 1.0])
+    assert recalibration_weights(torch.full((4,), 0.3), -1.0, 0.1).tolist() == [1.0] * 4
+
+
+def test_concentration_on_hand_made_clusters() -> None:
+    # Clusters: 0 has 3 members at distances 1, 2, 3; 1 has 2 at 0.5, 0.5; 2 is a singleton;
+    # 3 has 4 members at distance 2.
+    assign = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3, 3, 3])
+    dist = torch.tensor([1.0, 2.0, 3.0, 0.5, 0.5, 9.0, 2.0, 2.0, 2.0, 2.0])
+    c = Clustering(torch.zeros(4, 2), assign, dist**2)
+    raw = [2.0 / math.log(13), 0.5 / math.log(12), 0.0, 2.0 / math.log(14)]
+    raw[2] = max(raw)  # the singleton takes the largest
+    lo, hi = (
+        torch.tensor(raw, dtype=torch.float64)
+        .quantile(torch.tensor([0.1, 0.9], dtype=torch.float64))
+        .tolist()
+    )
+    clipped = [min(max(x, lo), hi) for x in raw]
+    want = [0.2 * x / (sum(clipped) / 4) for x in clipped]
+    got = concentration(c, 4, 0.2)
+    assert got.tolist() == pytest.approx(want, rel=1e-6)
+    assert got.mean().item() == pytest.approx(0.2)
+
+
+def test_memory_bank_update_averages_duplicates() -> None:
+    bank = MemoryBank(3, 2, momentum=0.5, seed=0)
+    bank.memory.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]))
+    z = torch.tensor([[0.0, 2.0], [0.0, 1.0], [2.0, 0.0]])  # rows 0, 0, 1
+    bank.update(torch.tensor([0, 0, 1]), z)
+    s = 1 / math.sqrt(2)
+    assert bank.memory.tolist() == [pytest.approx([s, s]), pytest.approx([s, s]), [1.0, 0.0]]
+
+
+def test_kmeans_is_deterministic_and_finds_separated_blobs() -> None:
+    g = torch.Generator().manual_seed(0)
+    centres = torch.eye(4)[:3] * 5
+    x = torch.cat([c + 0.1 * torch.randn(20, 4, generator=g) for c in centres])
+    a, b = kmeans(x, 3, seed=1, iters=20), kmeans(x, 3, seed=1, iters=20)
+    assert torch.equal(a.assign, b.assign) and torch.equal(a.centroids, b.centroids)
+    groups = {tuple(sorted(set(a.assign[i * 20 : (i + 1) * 20].tolist()))) for i in range(3)}
+    assert len(groups) == 3 and all(len(gr) == 1 for gr in groups)
+    assert torch.allclose(a.centroids.norm(dim=1), torch.ones(3))
+    with pytest.raises(ValueError, match="clusters"):
+        kmeans(x, 61, seed=1, iters=5)
+
+
+def test_gradient_check() -> None:
+    # The recalibration weights are constants to the gradient (computed on detached embeddings,
+    # as in the paper's code), so the numerical check runs with them off.
+    model = clustered_model(recalibration=False)
+    model.eval()
+    face, voice, video = batch()
+    face.requires_grad_(True)
+    voice.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda f, v: model.loss_terms(f, v, video)["loss"], (face, voice)
+    )
+
+
+def test_published_code_flag_drops_clusters_after_one_batch() -> None:
+    face, voice, video = batch()
+    for flag, second_batch_uses_clusters in ((False, True), (True, False)):
+        model = clustered_model(published_code=flag)
+        model.train()
+        first = model.loss_terms(face, voice, video)
+        second = model.loss_terms(face, voice, video)
+        assert first["prototype"].item() > 0
+        assert (second["prototype"].item() > 0) is second_batch_uses_clusters
+        model.on_epoch_start(epoch=1)  # a refresh brings them back for one batch
+        assert model.loss_terms(face, voice, video)["prototype"].item() > 0
+
+
+def test_refresh_schedule_and_validation() -> None:
+    model = CMPC(params(start_epoch=3, every_epochs=2), num_videos=8, dim=4, seed=0)
+    for epoch in range(8):
+        model.on_epoch_start(epoch=epoch)
+    assert int(model.refreshes) == 3  # epochs 3, 5, 7
+    with pytest.raises(ValueError, match="cannot exceed"):
+        CMPC(params(clusters=(2, 9)), num_videos=8, dim=4, seed=0)
+    with pytest.raises(ValueError, match="positive"):
+        params(tau=0.0)
