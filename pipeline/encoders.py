@@ -180,17 +180,26 @@ def face_facenet_frozen(dim: int) -> nn.Module:
 class SharedResidual(nn.Module):
     """bipseudo's cross-modal weighted residual block, one instance for both modalities:
     ``normalise(z + α ⊙ g(z))``, ``g`` = FC–BN–ReLU–FC, ``α`` (d,) learned, starting at 0.5.
-    (B, d) -> (B, d)."""
+    The FC weights and α are shared; each modality keeps its own BatchNorm statistics (one
+    shared BN would mix the two modalities' running statistics). (B, d) -> (B, d)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.g = nn.Sequential(
-            nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), nn.Linear(dim, dim)
-        )
+        self.fc1 = nn.Linear(dim, dim)
+        self.fc2 = nn.Linear(dim, dim)
+        self.bn = nn.ModuleDict({"face": nn.BatchNorm1d(dim), "voice": nn.BatchNorm1d(dim)})
         self.alpha = nn.Parameter(torch.full((dim,), 0.5))
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.normalize(z + self.alpha * self.g(z), dim=1)
+    def forward(self, z: torch.Tensor, modality: str) -> torch.Tensor:
+        g = self.fc2(torch.relu(self.bn[modality](self.fc1(z))))
+        return torch.nn.functional.normalize(z + self.alpha * g, dim=1)
+
+
+class NoHead(nn.Module):
+    """The identity head: embeddings are the encoders' outputs."""
+
+    def forward(self, z: torch.Tensor, modality: str) -> torch.Tensor:
+        return z
 
 
 HEADS = ("none", "shared_residual")
@@ -198,7 +207,7 @@ HEADS = ("none", "shared_residual")
 
 def build_head(name: str, dim: int) -> nn.Module:
     if name == "none":
-        return nn.Identity()
+        return NoHead()
     if name == "shared_residual":
         return SharedResidual(dim)
     raise ValueError(f"unknown head {name!r}; expected one of {HEADS}")

@@ -117,3 +117,27 @@ def sample_batch(
     idx = vlo[:, None] + (start[:, None] + torch.arange(voice_frames)[None, :]) % length[:, None]
     voices = data.voices[idx].float().transpose(1, 2)  # (B, n_mels, T)
     return faces, voices
+
+
+def select_clips(data: PairData, clips: torch.Tensor) -> PairData:
+    """The clips ``clips`` (indices, in that order) of ``data`` as a PairData of their own;
+    identities and videos are re-indexed to those present."""
+    f_parts = [data.faces[data.face_offsets[c] : data.face_offsets[c + 1]] for c in clips.tolist()]
+    v_parts = [
+        data.voices[data.voice_offsets[c] : data.voice_offsets[c + 1]] for c in clips.tolist()
+    ]
+    ids = sorted(set(data.identity[clips].tolist()))
+    vids = sorted(set(data.video[clips].tolist()))
+    id_map = {old: new for new, old in enumerate(ids)}
+    vid_map = {old: new for new, old in enumerate(vids)}
+    return PairData(
+        clip_keys=[data.clip_keys[c] for c in clips.tolist()],
+        faces=torch.cat(f_parts),
+        face_offsets=torch.tensor([0, *np.cumsum([len(f) for f in f_parts])]),
+        voices=torch.cat(v_parts),
+        voice_offsets=torch.tensor([0, *np.cumsum([len(v) for v in v_parts])]),
+        identity=torch.tensor([id_map[i] for i in data.identity[clips].tolist()]),
+        video=torch.tensor([vid_map[v] for v in data.video[clips].tolist()]),
+        identities=[data.identities[i] for i in ids],
+        videos=[data.videos[v] for v in vids],
+    )

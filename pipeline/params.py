@@ -167,7 +167,7 @@ class CmpcSection(_Section):
 
     tau: float = Field(gt=0)
     clusters: list[int] = Field(min_length=1)
-    start_epoch: int = Field(ge=0)
+    start_epoch: int = Field(ge=1)
     every_epochs: int = Field(ge=1)
     memory_momentum: float = Field(ge=0, lt=1)
     delta: float
@@ -185,13 +185,32 @@ class BipseudoSection(_Section):
     tau: float = Field(gt=0)
     proto_tau: float = Field(gt=0)
     clusters: list[int] = Field(min_length=1)
-    start_epoch: int = Field(ge=0)
+    start_epoch: int = Field(ge=1)
     every_epochs: int = Field(ge=1)
     memory_momentum: float = Field(ge=0, lt=1)
     kmeans_iters: int = Field(ge=1)
     weight_pseudo: float = Field(ge=0)
     weight_pull: float = Field(ge=0)
     weight_push: float = Field(ge=0)
+
+
+class TrialsSection(_Section):
+    """Stage ``trials``: trial lists per evaluated split, drawn once from ``base.seed``."""
+
+    n_match: int = Field(ge=1)  # 1:N matching trials per split, direction and constraint
+    n_verify: int = Field(ge=2)  # verification pairs per split and constraint (half positive)
+    candidates: int = Field(ge=2)  # K of the 1:N trials (1:2 uses the first two)
+
+
+class LowshotSection(_Section):
+    """Stage ``lowshot@<method>``: CMPC's low-shot setting, fine-tuning a trained model with
+    identity labels for ``fraction`` of the training identities."""
+
+    methods: list[Literal["cid", "wen2021", "cmpc", "bipseudo"]]
+    fraction: float = Field(gt=0, le=1)
+    epochs: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    tau: float = Field(gt=0)
 
 
 MethodName = Literal["cid", "wen2021", "cmpc", "bipseudo"]
@@ -210,6 +229,8 @@ class Params(_Section):
     wen2021: Wen2021Section
     cmpc: CmpcSection
     bipseudo: BipseudoSection
+    lowshot: LowshotSection
+    trials: TrialsSection
 
 
 class ParamsError(ValueError):

@@ -29,7 +29,7 @@ from pipeline.oracle import matching_accuracy, matching_trials
 from pipeline.pairs import PairData, load_pairs
 from pipeline.params import Params
 from pipeline.schema import MANIFEST, read_table
-from pipeline.train.loop import TrainConfig, embed_clips, train
+from pipeline.train.loop import TrainConfig, embed_clips, save_model, train
 from stages._runtime import prefect_api, stage_params, write_json
 
 
@@ -67,6 +67,8 @@ def train_flow(
     method_name: str, params: Params, manifest: str, faces: str, voice: str, out: str
 ) -> dict[str, Any]:
     t = params.train
+    # Deterministic cuBLAS needs a fixed workspace, set before CUDA starts.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(int(os.environ.get("VOXFACE_THREADS", str(os.cpu_count() or 1))))
     data = load_pairs(Path(manifest), Path(faces), Path(voice), ("train",), t.face_size_px)
@@ -106,10 +108,7 @@ def train_flow(
         method.freeze(weights)
         mparams = (mparams, weights.tolist())
     encoders, history = train(data, method, mparams, cfg, state / "main", dev, progress=show)
-    with atomic_path(Path(out) / "model.pt") as tmp:
-        torch.save(
-            {"config": cfg.__dict__, "method": method_name, "encoders": encoders.state_dict()}, tmp
-        )
+    save_model(Path(out) / "model.pt", cfg, method_name, encoders)
     # Quick check on unseen identities (the evaluation stage scores the full protocol suite).
     test = load_pairs(Path(manifest), Path(faces), Path(voice), ("test_unseen",), t.face_size_px)
     f, v = embed_clips(encoders, test, dev)

@@ -52,7 +52,9 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
         else:
             shutil.copy2(src, dst)
     params = repo / "params.yaml"
-    params.write_text(params.read_text().replace("preset: default", "preset: tiny", 1))
+    # The tiny corpus has ~24 training videos: the clustering methods' K scale down with it.
+    text = params.read_text().replace("preset: default", "preset: tiny", 1)
+    params.write_text(text.replace("clusters: [40, 80, 120]", "clusters: [4, 8, 12]"))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("PREFECT_API_URL", None)
     _run(["git", "init", "-q"], repo, env)
@@ -62,8 +64,19 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
     wall = time.perf_counter() - t0
     print(f"tiny dvc repro: {wall:.1f} s")
-    assert_stages(out, ran=("synth", "manifest", "faces", "voice", "train@cid", "train@wen2021"))
+    assert_stages(out, ran=ALL_STAGES)
+    # Commit the results, so later tests can compare metrics with this commit.
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo, env)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run"], repo, env)
     return repo, env, wall
+
+
+METHODS = ("cid", "wen2021", "cmpc", "bipseudo")
+ALL_STAGES = (
+    "synth", "manifest", "faces", "voice", "trials", "oracle",
+    *(f"train@{m}" for m in METHODS), *(f"evaluate@{m}" for m in METHODS),
+    "lowshot@cid", "lowshot@cmpc", "report",
+)  # fmt: skip
 
 
 @pytest.mark.e2e
@@ -89,6 +102,32 @@ def test_outputs_exist_and_are_consistent(tiny_repo: tuple[Path, dict[str, str],
     assert (repo / "models/cid/model.pt").is_file()
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_every_method_is_evaluated_and_reported(
+    tiny_repo: tuple[Path, dict[str, str], float],
+) -> None:
+    repo, _, _ = tiny_repo
+    for name in (*METHODS, "oracle", "lowshot_cid", "lowshot_cmpc"):
+        m = json.loads((repo / f"reports/metrics/{name}.json").read_text())
+        for split in ("test_unseen", "test_seen"):
+            for direction in ("v2f", "f2v"):
+                assert 0.0 <= m["match_1to2"][direction]["U"][split] <= 1.0, (name, split)
+                assert 0.0 <= m["retrieve_map"][direction]["U"][split] <= 1.0
+            assert 0.0 <= m["verify_auc"]["vf"]["G"][split] <= 1.0
+            assert 0.0 <= m["verify_eer"]["vf"]["U"][split] <= 1.0
+        assert ("oracle_fraction" in m) == (name != "oracle")
+        assert (repo / f"reports/eval/{name}/roc.csv").is_file()
+    oracle = json.loads((repo / "reports/metrics/oracle.json").read_text())
+    assert oracle["match_1to2"]["v2f"]["U"]["test_unseen"] > 0.6  # the ground truth ceiling
+    summary = (repo / "reports/summary.md").read_text()
+    for name in (*METHODS, "oracle", "chance", "lowshot_cmpc"):
+        assert name in summary, name
+    html = (repo / "reports/summary.html").read_text()
+    assert "data:image/png;base64," in html
+    assert (repo / "reports/figures/match_curve.png").is_file()
+
+
 def train_epochs(repo: Path) -> int:
     from pipeline.params import load_params
 
@@ -110,6 +149,9 @@ def test_metrics_and_oracle_commands(tiny_repo: tuple[Path, dict[str, str], floa
     repo, env, _ = tiny_repo
     shown = _run(["dvc", "metrics", "show", "--json"], repo, env)
     assert "speech_fraction_truth_mean" in shown and "test_unseen" in shown
+    assert "reports/metrics/bipseudo.json" in shown and "reports/metrics/oracle.json" in shown
+    plots = _run(["dvc", "plots", "show", "--json"], repo, env)
+    assert "reports/eval/cmpc/roc.csv" in plots and "reports/train/wen2021_history.json" in plots
     oracle = json.loads(_run([sys.executable, "-m", "pipeline.oracle"], repo, env))
     assert oracle["test_identities"] >= 4 and 0.5 < oracle["oracle_1to2_v2f_U"] <= 1.0
 
@@ -134,11 +176,16 @@ def test_changing_a_method_param_reruns_only_that_method(
     repo, env, _ = tiny_repo
     _run(["dvc", "repro"], repo, env)  # settle anything an earlier test changed
     params = repo / "params.yaml"
-    params.write_text(params.read_text().replace("  tau: 0.1", "  tau: 0.2", 1))
+    text = params.read_text()
+    cid = text.index("\ncid:\n")
+    params.write_text(text[:cid] + text[cid:].replace("  tau: 0.1", "  tau: 0.2", 1))
     out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
-    assert_stages(
-        out, ran=("train@cid",), skipped=("synth", "manifest", "faces", "voice", "train@wen2021")
-    )
+    others = [s for s in ALL_STAGES if "cid" not in s and s != "report"]
+    assert_stages(out, ran=("train@cid", "evaluate@cid", "lowshot@cid", "report"), skipped=others)
+    # The committed figures against the new ones, side by side.
+    diff = json.loads(_run(["dvc", "metrics", "diff", "--json"], repo, env))
+    assert "reports/metrics/cid.json" in diff and "reports/metrics/wen2021.json" not in diff
+    assert "match_1to2.v2f.U.test_unseen" in diff["reports/metrics/cid.json"]
 
 
 @pytest.mark.e2e

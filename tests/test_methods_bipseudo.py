@@ -15,7 +15,7 @@ from pipeline.train.loop import Encoders, TrainConfig
 
 def params(**kw: object) -> BiPseudoParams:
     base: dict[str, object] = dict(
-        tau=0.3, proto_tau=0.2, clusters=(2, 3), start_epoch=0, every_epochs=1,
+        tau=0.3, proto_tau=0.2, clusters=(2, 3), start_epoch=1, every_epochs=1,
         memory_momentum=0.5, kmeans_iters=10, weight_pseudo=1.0, weight_pull=0.5, weight_push=0.7,
     )  # fmt: skip
     base.update(kw)
@@ -131,7 +131,7 @@ def test_shared_residual_head_is_one_module_for_both_modalities() -> None:
     z = torch.randn(3, 8)
     with torch.no_grad():
         enc.head.alpha.fill_(0.0)  # α = 0: the block is the identity before normalisation
-    assert torch.allclose(enc.head(z), torch.nn.functional.normalize(z, dim=1))
+    assert torch.allclose(enc.head(z, "voice"), torch.nn.functional.normalize(z, dim=1))
     f = enc.embed_face(torch.rand(2, 3, 32, 32))
     v = enc.embed_voice(torch.randn(2, 16, 40))
     assert torch.allclose(f.norm(dim=1), torch.ones(2)) and torch.allclose(
@@ -139,8 +139,12 @@ def test_shared_residual_head_is_one_module_for_both_modalities() -> None:
     )
     # One parameter set: a gradient through the voice branch reaches the same α the face uses.
     enc.train()
+    face_stats = enc.head.bn["face"].running_mean.clone()
     enc.embed_voice(torch.randn(4, 16, 40)).sum().backward()
     assert enc.head.alpha.grad is not None and enc.head.alpha.grad.abs().sum() > 0
+    # ... but each modality keeps its own BatchNorm statistics.
+    assert torch.equal(enc.head.bn["face"].running_mean, face_stats)
+    assert not torch.equal(enc.head.bn["voice"].running_mean, face_stats)
 
 
 def test_schedule_and_validation() -> None:

@@ -16,7 +16,7 @@ from pipeline.methods.cmpc import CMPC, CMPCParams, recalibration_weights
 
 def params(**kw: object) -> CMPCParams:
     base: dict[str, object] = dict(
-        tau=0.3, clusters=(2, 3), start_epoch=0, every_epochs=1, memory_momentum=0.5,
+        tau=0.3, clusters=(2, 3), start_epoch=1, every_epochs=1, memory_momentum=0.5,
         delta=-1.0, kappa=0.1, phi_mean=0.2, kmeans_iters=10, prototypes=True,
         recalibration=True, published_code=False,
     )  # fmt: skip
@@ -128,7 +128,7 @@ def test_parts_switched_off_is_cid() -> None:
     face, voice, video = batch()
     cid = CID(CIDParams(0.3))(face, voice)["loss"]
     off = clustered_model(prototypes=False, recalibration=False)
-    assert off.loss_terms(face, voice, video)["loss"].item() == pytest.approx(cid.item(), rel=1e-12)
+    assert off.loss_terms(face, voice, video)["loss"].item() == cid.item()  # one code path
     # Before the first clustering too, with every part on.
     fresh = CMPC(params(), num_videos=8, dim=4, seed=0).double()
     assert fresh.loss_terms(face, voice, video)["loss"].item() == pytest.approx(
@@ -228,3 +228,33 @@ def test_refresh_schedule_and_validation() -> None:
         CMPC(params(clusters=(2, 9)), num_videos=8, dim=4, seed=0)
     with pytest.raises(ValueError, match="positive"):
         params(tau=0.0)
+
+
+def test_refresh_clusters_each_memory_by_the_formulas() -> None:
+    """The refreshed buffers, re-derived from the memory alone: each centroid is the normalised
+    mean of its members (k-means converges on 8 rows), each row sits in its nearest cluster, and
+    φ follows the formula from the members' distances to their cluster mean."""
+    model = clustered_model()
+    for m, bank in (("face", model.memory_face), ("voice", model.memory_voice)):
+        x = bank.memory
+        for r, k in enumerate(model.params.clusters):
+            cent, phi, assign = model.clusters(m, r)
+            raw = []
+            for c in range(k):
+                members = x[assign == c]
+                assert len(members), "faiss left a cluster empty"
+                mean = members.mean(0)
+                assert torch.allclose(cent[c], mean / mean.norm(), atol=1e-5)
+                d = (members - mean).norm(dim=1)
+                raw.append(
+                    float(d.mean()) / math.log(len(members) + 10) if len(members) > 1 else None
+                )
+            means = torch.stack([x[assign == c].mean(0) for c in range(k)])
+            assert torch.equal(torch.cdist(x, means).argmin(1), assign)
+            top = max(v for v in raw if v is not None)
+            full = torch.tensor([top if v is None else v for v in raw], dtype=torch.float64)
+            lo, hi = full.quantile(torch.tensor([0.1, 0.9], dtype=torch.float64)).tolist()
+            clipped = full.clamp(lo, hi)
+            assert phi.tolist() == pytest.approx(
+                (0.2 * clipped / clipped.mean()).tolist(), rel=1e-4
+            )

@@ -184,3 +184,30 @@ def test_each_method_trains_and_is_deterministic(name: str, tmp_path: Path) -> N
     assert hist == [{**h, "pairs_per_s": hist[i]["pairs_per_s"]} for i, h in enumerate(hist2)]
     for k, val in enc.state_dict().items():
         assert torch.equal(val, enc2.state_dict()[k]), k
+
+
+@pytest.mark.parametrize("name", ["cmpc", "bipseudo"])
+def test_clustering_methods_resume_to_the_same_weights(name: str, tmp_path: Path) -> None:
+    """Memory banks, clusters and counters live in buffers: a run killed after epoch 3 (clusters
+    refreshed at epochs 1 and 3) resumes to the uninterrupted run's weights and memory."""
+    torch.set_num_threads(1)
+    data = toy_pairs()
+    method, mp = _method(name, data)
+    cfg = TrainConfig(**{**CFG.__dict__, "head": getattr(method, "head", "none")})
+    full, hist = train(data, method, mp, cfg, tmp_path / "full", torch.device("cpu"))
+    full_memory = method.state_dict()
+
+    def stop_after_three(row: dict[str, float]) -> None:
+        if row["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    with contextlib.suppress(KeyboardInterrupt):
+        m1, _ = _method(name, data)
+        train(data, m1, mp, cfg, tmp_path / "part", torch.device("cpu"), stop_after_three)
+    m2, _ = _method(name, data)
+    resumed, again = train(data, m2, mp, cfg, tmp_path / "part", torch.device("cpu"))
+    assert [h["loss"] for h in again] == [h["loss"] for h in hist]
+    for k, val in full.state_dict().items():
+        assert torch.equal(val, resumed.state_dict()[k]), k
+    for k, val in full_memory.items():
+        assert torch.equal(val, m2.state_dict()[k]), k

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.methods.clusters import MemoryBank, kmeans
+from pipeline.methods.clusters import MemoryBank, cluster_memories
 from pipeline.methods.common import symmetric_info_nce
 
 
@@ -53,8 +53,11 @@ class BiPseudoParams:
             raise ValueError("bipseudo: tau and proto_tau must be positive")
         if not self.clusters or min(self.clusters) < 2:
             raise ValueError(f"bipseudo.clusters must be K >= 2 each, got {self.clusters}")
-        if self.start_epoch < 0 or self.every_epochs < 1 or self.kmeans_iters < 1:
-            raise ValueError("bipseudo: start_epoch >= 0, every_epochs >= 1, kmeans_iters >= 1")
+        if self.start_epoch < 1 or self.every_epochs < 1 or self.kmeans_iters < 1:
+            raise ValueError(
+                "bipseudo: start_epoch >= 1 (epoch 0 would cluster the random initial memory), "
+                "every_epochs >= 1, kmeans_iters >= 1"
+            )
         if min(self.weight_pseudo, self.weight_pull, self.weight_push) < 0:
             raise ValueError("bipseudo: loss weights must be >= 0")
 
@@ -87,11 +90,15 @@ class BiPseudo(nn.Module):
 
     @torch.no_grad()
     def refresh(self) -> None:
-        for mi, m in enumerate(("face", "voice")):
-            bank = self.memory_face if m == "face" else self.memory_voice
-            for r, k in enumerate(self.params.clusters):
-                seed = self.seed + 1000 * int(self.refreshes) + 10 * r + mi
-                c = kmeans(bank.memory, k, seed, self.params.kmeans_iters)
+        p = self.params
+        seed = self.seed + 1000 * int(self.refreshes)
+        banks = (self.memory_face, self.memory_voice)
+        for m, per_k in zip(
+            ("face", "voice"),
+            cluster_memories(banks, p.clusters, seed, p.kmeans_iters),
+            strict=True,
+        ):
+            for r, c in enumerate(per_k):
                 cent, labels = self.pseudo(m, r)
                 cent.copy_(c.centroids)
                 labels.copy_(c.assign)

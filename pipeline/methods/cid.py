@@ -4,7 +4,8 @@ Symmetric InfoNCE between the modalities with in-batch negatives (METHODS.md §0
 ``l_i(v→f) = −log softmax_j(⟨v̂_i, f̂_j⟩/τ)[i]``, likewise ``f→v``; the loss is the mean of both
 directions over the batch. No labels are used. τ = 0.03 in CMPC's setting. CMPC with its
 prototype and recalibration parts switched off reduces to this same code path
-(:func:`pipeline.methods.common.symmetric_info_nce`).
+(:func:`pipeline.methods.common.cross_modal_info_nce` and
+:func:`~pipeline.methods.common.two_way_loss`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.methods.common import symmetric_info_nce
+from pipeline.methods.common import cross_modal_info_nce, two_way_loss
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class CID(torch.nn.Module):
     ) -> dict[str, torch.Tensor]:
         """face, voice: (B, D) embeddings of B pairs -> {"loss", "instance"} scalars. ``batch``
         (identities, videos) is not used: cid needs no labels."""
-        per_pair = symmetric_info_nce(face, voice, self.params.tau)  # (B,)
-        loss = per_pair.mean()
+        tau = self.params.tau
+        loss = two_way_loss(
+            cross_modal_info_nce(voice, face, tau), cross_modal_info_nce(face, voice, tau)
+        )
         return {"loss": loss, "instance": loss.detach()}

@@ -62,6 +62,7 @@ def kmeans(x: torch.Tensor, k: int, seed: int, iters: int) -> Clustering:
     if not 1 <= k <= n:
         raise ValueError(f"cannot make {k} clusters of {n} rows")
     data = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+    faiss.omp_set_num_threads(torch.get_num_threads())  # as many threads as torch, no more
     km = faiss.Kmeans(
         d, k, niter=iters, seed=seed, verbose=False, min_points_per_centroid=1,
         max_points_per_centroid=max(256, n),
@@ -74,6 +75,17 @@ def kmeans(x: torch.Tensor, k: int, seed: int, iters: int) -> Clustering:
         assign=torch.from_numpy(idx[:, 0].astype(np.int64)).to(x.device),
         sq_dist=torch.from_numpy(np.maximum(sq[:, 0], 0.0)).to(x.device),
     )
+
+
+def cluster_memories(
+    banks: tuple[MemoryBank, ...], ks: tuple[int, ...], seed: int, iters: int
+) -> list[list[Clustering]]:
+    """k-means of each bank's memory at each K: ``out[bank][r]``. Seeds differ per bank and K
+    (``seed + 10 r + bank``); callers vary ``seed`` per refresh."""
+    return [
+        [kmeans(bank.memory, k, seed + 10 * r + b, iters) for r, k in enumerate(ks)]
+        for b, bank in enumerate(banks)
+    ]
 
 
 def concentration(c: Clustering, k: int, mean: float) -> torch.Tensor:

@@ -19,9 +19,17 @@ Follows METHODS.md §2 (the paper's equations):
   ``L = Σ w_i (l_inst,i + l_proto,i) / Σ w_i``; the loss is the mean of both directions, so with
   prototypes and recalibration off (or before the first clustering) it *is* ``cid``.
 
+Choices where the paper is silent: ρ uses the L2-normalised centroids (the released code's are
+not normalised); several clips of one video in a batch update its memory row with their mean (the
+released code: the last write wins); clips of one video in a batch share their prototypes and are
+negatives of each other in the instance term, as in the paper's per-sample formulation.
+
 Clusters are kept until the next refresh (paper). ``published_code=True`` reproduces the released
 loop instead, which resets the assignments after one batch: prototypes and weights then act only
-on the first batch after each refresh.
+on the first batch after each refresh. Other differences of the released code that are *not*
+reproduced: its prototype loss divides by the number of granularities inside the loop over them,
+sums the two directions instead of averaging them, and clusters with keops Lloyd iterations
+initialised at the first K rows rather than faiss.
 """
 
 from __future__ import annotations
@@ -34,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.methods.clusters import MemoryBank, concentration, kmeans
-from pipeline.methods.common import cross_modal_info_nce
+from pipeline.methods.clusters import MemoryBank, cluster_memories, concentration
+from pipeline.methods.common import cross_modal_info_nce, two_way_loss
 
 
 @dataclass(frozen=True)
@@ -65,8 +73,11 @@ class CMPCParams:
             raise ValueError(
                 f"cmpc.clusters must be a non-empty list of K >= 2, got {self.clusters}"
             )
-        if self.start_epoch < 0 or self.every_epochs < 1 or self.kmeans_iters < 1:
-            raise ValueError("cmpc: start_epoch >= 0, every_epochs >= 1, kmeans_iters >= 1")
+        if self.start_epoch < 1 or self.every_epochs < 1 or self.kmeans_iters < 1:
+            raise ValueError(
+                "cmpc: start_epoch >= 1 (epoch 0 would cluster the random initial memory), "
+                "every_epochs >= 1, kmeans_iters >= 1"
+            )
 
 
 def recalibration_weights(rho: torch.Tensor, delta: float, kappa: float) -> torch.Tensor:
@@ -124,14 +135,18 @@ class CMPC(nn.Module):
     @torch.no_grad()
     def refresh(self) -> None:
         """k-means on each modality's memory at every granularity; φ per cluster."""
-        for mi, m in enumerate(("face", "voice")):
-            bank = self.memory_face if m == "face" else self.memory_voice
-            for r, k in enumerate(self.params.clusters):
-                seed = self.seed + 1000 * int(self.refreshes) + 10 * r + mi
-                c = kmeans(bank.memory, k, seed, self.params.kmeans_iters)
+        p = self.params
+        seed = self.seed + 1000 * int(self.refreshes)
+        banks = (self.memory_face, self.memory_voice)
+        for m, per_k in zip(
+            ("face", "voice"),
+            cluster_memories(banks, p.clusters, seed, p.kmeans_iters),
+            strict=True,
+        ):
+            for r, (k, c) in enumerate(zip(p.clusters, per_k, strict=True)):
                 cent, phi, assign = self.clusters(m, r)
                 cent.copy_(c.centroids)
-                phi.copy_(concentration(c, k, self.params.phi_mean))
+                phi.copy_(concentration(c, k, p.phi_mean))
                 assign.copy_(c.assign)
         self.refreshes += 1
         self.live.fill_(1)
@@ -179,21 +194,20 @@ class CMPC(nn.Module):
         use = bool(self.live)
         proto_vf = self.prototype_contrast(voice, "face", video) if use and p.prototypes else zero
         proto_fv = self.prototype_contrast(face, "voice", video) if use and p.prototypes else zero
-        w = torch.ones_like(inst_vf)
+        w = None
         if use and p.recalibration:
             w = recalibration_weights(self.rho(face, voice, video), p.delta, p.kappa)
-        loss_vf = (w * (inst_vf + proto_vf)).sum() / w.sum()
-        loss_fv = (w * (inst_fv + proto_fv)).sum() / w.sum()
+        loss = two_way_loss(inst_vf + proto_vf, inst_fv + proto_fv, w)
         if self.training:
             self.memory_face.update(video, face)
             self.memory_voice.update(video, voice)
             if p.published_code:
                 self.live.fill_(0)
         return {
-            "loss": 0.5 * (loss_vf + loss_fv),
+            "loss": loss,
             "instance": 0.5 * (inst_vf + inst_fv).mean().detach(),
             "prototype": 0.5 * (proto_vf + proto_fv).mean().detach(),
-            "weight_mean": w.mean().detach(),
+            "weight_mean": torch.ones(()) if w is None else w.mean().detach(),
         }
 
     def forward(

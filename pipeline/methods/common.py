@@ -29,3 +29,14 @@ def cross_modal_info_nce(anchor: torch.Tensor, other: torch.Tensor, tau: float) 
 def symmetric_info_nce(face: torch.Tensor, voice: torch.Tensor, tau: float) -> torch.Tensor:
     """Per-pair mean of both directions: ½ (l_i(v→f) + l_i(f→v)). (B, D), (B, D) -> (B,)."""
     return 0.5 * (cross_modal_info_nce(voice, face, tau) + cross_modal_info_nce(face, voice, tau))
+
+
+def two_way_loss(
+    v2f: torch.Tensor, f2v: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The mean of both directions' (weighted) batch means: ``½ (Σ w l(v→f) / Σ w + Σ w l(f→v) /
+    Σ w)``; ``weights=None`` is the plain mean (cid, and CMPC before clustering). (B,), (B,) ->
+    scalar."""
+    if weights is None:
+        return 0.5 * (v2f.mean() + f2v.mean())
+    return 0.5 * ((weights * v2f).sum() + (weights * f2v).sum()) / weights.sum()

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from pipeline import encoders as encoders_module
+from pipeline import methods as methods_package
 from pipeline import pairs as pairs_module
 from pipeline.atomic import atomic_path
 from pipeline.encoders import build_face_encoder, build_head, build_voice_encoder
@@ -54,6 +55,9 @@ class TrainConfig:
             sys.modules[type(method).__module__],
         ):
             h.update(Path(inspect.getfile(module)).read_bytes())
+        # The shared method pieces (InfoNCE, k-means, memory banks) every method may import.
+        for shared in sorted(Path(inspect.getfile(methods_package)).parent.glob("*.py")):
+            h.update(shared.read_bytes())
         for t in (
             data.faces,
             data.face_offsets,
@@ -86,12 +90,12 @@ class Encoders(nn.Module):
 
     def embed_face(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) in [0, 1] -> (B, d)."""
-        out: torch.Tensor = self.head(self.face(x))
+        out: torch.Tensor = self.head(self.face(x), "face")
         return out
 
     def embed_voice(self, x: torch.Tensor) -> torch.Tensor:
         """(B, n_mels, T) -> (B, d)."""
-        out: torch.Tensor = self.head(self.voice(x))
+        out: torch.Tensor = self.head(self.voice(x), "voice")
         return out
 
 
@@ -108,13 +112,24 @@ def train(
     out_dir: Path,
     device: torch.device,
     progress: Callable[[dict[str, float]], None] | None = None,
+    init: dict[str, torch.Tensor] | None = None,
 ) -> tuple[Encoders, list[dict[str, float]]]:
-    """Train ``method`` on ``data``; writes ``checkpoint.pt`` every epoch in ``out_dir``."""
+    """Train ``method`` on ``data``; writes ``checkpoint.pt`` every epoch in ``out_dir``.
+
+    ``init``: encoder weights to start from (fine-tuning); their content enters the run's digest.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint.pt"
     digest = cfg.digest(method_params, data, method)
+    if init is not None:
+        h = hashlib.sha256(digest.encode())
+        for k in sorted(init):
+            h.update(k.encode() + init[k].cpu().numpy().tobytes())
+        digest = h.hexdigest()[:16]
     torch.manual_seed(cfg.seed)
     encoders = Encoders(cfg).to(device)
+    if init is not None:
+        encoders.load_state_dict(init)
     method.to(device)
     params = [*encoders.parameters(), *method.parameters()]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -211,3 +226,20 @@ def embed_clips(
         torch.nn.functional.normalize(faces, dim=1).cpu(),
         torch.nn.functional.normalize(voices, dim=1).cpu(),
     )
+
+
+def save_model(path: Path, cfg: TrainConfig, name: str, encoders: Encoders) -> None:
+    """``model.pt``: what evaluation needs to rebuild the encoders (config, name, weights)."""
+    with atomic_path(path) as tmp:
+        torch.save({"config": asdict(cfg), "method": name, "encoders": encoders.state_dict()}, tmp)
+
+
+def load_model(path: Path, device: torch.device) -> tuple[Encoders, TrainConfig]:
+    """The encoders (and shared head) of a ``model.pt``, in eval mode, and their config."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no trained model")
+    state = torch.load(path, map_location=device, weights_only=False)
+    cfg = TrainConfig(**state["config"])
+    enc = Encoders(cfg).to(device)
+    enc.load_state_dict(state["encoders"])
+    return enc.eval(), cfg

@@ -1,0 +1,107 @@
+"""DVC stage ``lowshot@<method>``: CMPC's low-shot supervision setting for one trained method.
+
+Draws ``lowshot.fraction`` of the training identities from the seed (the same ones for every
+method), fine-tunes ``models/<method>/model.pt`` on their clips with identity labels
+(:mod:`pipeline.methods.lowshot`; checkpointed and resumable like training), writes
+``models/lowshot/<method>/model.pt``, and scores it on the shared trials as ``lowshot_<method>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from prefect import flow
+
+from pipeline.atomic import atomic_path
+from pipeline.evaluate import model_embeddings
+from pipeline.methods.lowshot import LowShot, LowShotParams
+from pipeline.pairs import load_pairs, select_clips
+from pipeline.params import Params
+from pipeline.train.loop import TrainConfig, load_model, save_model, train
+from pipeline.trials import read_trials
+from stages._runtime import prefect_api, stage_params, write_json
+from stages.evaluate import add_eval_arguments, score_and_write
+from stages.train import device
+
+
+@flow(name="lowshot")
+def lowshot_flow(method: str, params: Params, args: argparse.Namespace) -> dict[str, Any]:
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(int(os.environ.get("VOXFACE_THREADS", str(os.cpu_count() or 1))))
+    ls, t = params.lowshot, params.train
+    manifest, faces, voice = Path(args.manifest), Path(args.faces), Path(args.voice)
+    data = load_pairs(manifest, faces, voice, ("train",), t.face_size_px)
+    rng = np.random.default_rng(params.base.seed)
+    n_ids = max(2, round(ls.fraction * len(data.identities)))
+    labelled = np.sort(rng.choice(len(data.identities), n_ids, replace=False))
+    clips = torch.from_numpy(np.flatnonzero(np.isin(data.identity.numpy(), labelled)))
+    subset = select_clips(data, clips)
+    base, base_cfg = load_model(Path(args.models) / method / "model.pt", torch.device("cpu"))
+    cfg = TrainConfig(
+        **{
+            **asdict(base_cfg),
+            "epochs": ls.epochs,
+            "lr": ls.lr,
+            "batch_size": min(t.batch_size, len(subset)),
+        }
+    )
+    lp = LowShotParams(ls.tau, n_ids)
+    torch.manual_seed(params.base.seed)
+    loss = LowShot(lp, cfg.embed_dim)
+    dev = device()
+    out = Path(args.models) / "lowshot" / method
+    encoders, history = train(
+        subset, loss, lp, cfg, out / "state", dev, init=base.state_dict(),
+        progress=lambda r: print(f"lowshot@{method} epoch {int(r['epoch'])}: {r['loss']:.4f}"),
+    )  # fmt: skip
+    save_model(out / "model.pt", cfg, f"lowshot_{method}", encoders)
+    emb = model_embeddings(encoders, manifest, faces, voice, t.face_size_px, dev)
+    name = f"lowshot_{method}"
+    metrics = score_and_write(
+        name, emb, read_trials(Path(args.trials)), manifest, Path(args.metrics),
+        Path(args.eval), Path(args.metrics) / "oracle.json",
+    )  # fmt: skip
+    return {
+        "metrics": metrics,
+        "history": history,
+        "pairs_per_s": round(float(np.mean([h["pairs_per_s"] for h in history])), 1),
+        "train_clips": len(subset),
+        "labelled_identities": n_ids,
+        "labelled_clips": len(subset),
+        "train_identities": len(data.identities),
+        "final_loss": round(history[-1]["loss"], 4),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--method", required=True)
+    add_eval_arguments(ap)
+    ap.add_argument("--train", default="reports/train", help="for lowshot_<method>[_history].json")
+    args = ap.parse_args(argv)
+    params = stage_params(args.params)
+    with prefect_api():
+        res = lowshot_flow(args.method, params, args)
+    m = res.pop("metrics")
+    history = res.pop("history")
+    # Beside the training stages' summaries, so the report lists the fine-tuned models too.
+    train_dir = Path(args.train)
+    with atomic_path(train_dir / f"lowshot_{args.method}_history.json") as tmp:
+        tmp.write_text(json.dumps(history, indent=1) + "\n")
+    write_json(train_dir / f"lowshot_{args.method}.json", res)
+    print(
+        f"lowshot@{args.method}: {res['labelled_identities']}/{res['train_identities']} identities "
+        f"labelled; 1:2 U test_unseen V->F {m['match_1to2']['v2f']['U']['test_unseen']:.4f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""DVC stage ``report``: one comparison page of every method, in Markdown and self-contained HTML.
+
+Reads, per method, ``<metrics>/<m>.json``, ``<eval>/<m>/{match_curve.csv, roc.csv, ranked.json}``
+and ``<train>/<m>.json`` + ``<m>_history.json``; the oracle's ``<metrics>/oracle.json`` (and its
+curve and ROC when the corpus has ground truth); the trial summary, the manifest and the face
+shards (thumbnails of the ranked examples). Writes ``<out>/summary.md``, ``<out>/summary.html``
+(figures embedded as ``data:`` URIs) and ``<out>/figures/*.png``: ``match_curve``, ``roc``,
+``loss`` and ``ranked_<method>`` for every method. A missing input exits with its path.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from pipeline.report import (
+    HEADLINE,
+    Provenance,
+    best_method,
+    build_figures,
+    git_commit,
+    load_first_frames,
+    load_inputs,
+    metric,
+    ranked_clip_keys,
+    write_report,
+)
+from stages._runtime import fail, prefect_api, stage_params
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    best: str
+    best_1to2_v2f_u: float | None  # the headline: 1:2 V->F U accuracy on test_unseen
+    written: list[str]
+
+
+@flow(name="report")
+def report_flow(
+    methods: list[str],
+    layout: str,
+    metrics: str,
+    eval_dir: str,
+    train: str,
+    trials: str,
+    manifest: str,
+    faces: str,
+    out: str,
+) -> ReportResult:
+    """Load the inputs, draw the figures, write both documents; returns a short summary."""
+    log = get_run_logger()
+    inputs = load_inputs(methods, metrics, eval_dir, train, trials, manifest, layout)
+    frames = load_first_frames(faces, ranked_clip_keys(inputs))
+    figures = build_figures(inputs, frames)
+    provenance = Provenance(
+        commit=git_commit(Path.cwd()), date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    )
+    written = write_report(inputs, provenance, figures, out)
+    best = best_method(inputs)
+    headline = metric(inputs.metrics[best], *HEADLINE)
+    log.info("report: %d methods, %d figures; best %s", len(methods), len(figures), best)
+    return ReportResult(best, headline, [str(p) for p in written])
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="names, in table order (default: params' methods, then lowshot_<method> for "
+        "lowshot.methods)",
+    )
+    ap.add_argument("--metrics", default="reports/metrics", help="folder of <method>.json")
+    ap.add_argument("--eval", default="reports/eval", help="folder of <method>/ curves, ranked")
+    ap.add_argument("--train", default="reports/train", help="folder of training summaries")
+    ap.add_argument("--trials", default="reports/trials.json")
+    ap.add_argument("--manifest", default="data/manifest/clips.parquet")
+    ap.add_argument("--faces", default="data/faces", help="folder of faces-*.parquet shards")
+    ap.add_argument("--out", default="reports")
+    args = ap.parse_args(argv)
+    params = stage_params(args.params)
+    if args.methods is None:
+        args.methods = [*params.methods, *(f"lowshot_{m}" for m in params.lowshot.methods)]
+    try:
+        with prefect_api():
+            result = report_flow(
+                list(args.methods),
+                params.data.layout,
+                args.metrics,
+                args.eval,
+                args.train,
+                args.trials,
+                args.manifest,
+                args.faces,
+                args.out,
+            )
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    headline = result.best_1to2_v2f_u
+    score = "n/a" if headline is None else f"{100 * headline:.1f} %"
+    print(
+        f"report: {len(args.methods)} methods, best {result.best} (1:2 V→F U {score}); "
+        f"wrote {Path(args.out) / 'summary.md'}, summary.html and "
+        f"{len(result.written) - 2} figures"
+    )
+
+
+if __name__ == "__main__":
+    main()

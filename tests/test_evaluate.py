@@ -1,0 +1,168 @@
+"""Scoring embeddings on trial lists: the nested metrics keys, perfect and random embeddings,
+the oracle fraction, the ranked examples; the low-shot loss and clip selection."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.evaluate import Embeddings, oracle_fraction, score
+from pipeline.methods.lowshot import LowShot, LowShotParams
+from pipeline.pairs import select_clips
+from pipeline.trials import TrialSpec, generate_trials
+from tests.test_train import toy_pairs
+
+
+def _clips(n_ids: int = 12) -> pd.DataFrame:
+    rows = [
+        {
+            "clip_key": f"{split[5:]}{i:03d}/v{v}/{u}",
+            "identity": f"{split[5:]}{i:03d}",
+            "video_id": f"v{v}",
+            "split": split,
+            "gender": "mf"[i % 2],
+            "nationality": "ab"[i // 6 % 2],
+        }
+        for split in ("test_unseen", "test_seen")
+        for i in range(n_ids)
+        for v in range(2)
+        for u in range(2)
+    ]
+    return pd.DataFrame(rows)
+
+
+def _embeddings(clips: pd.DataFrame, noise: float, seed: int = 0) -> Embeddings:
+    """Face and voice of a clip = its identity's direction + noise (noise=inf: random)."""
+    rng = np.random.default_rng(seed)
+    ids = sorted(set(clips["identity"]))
+    centre = {k: rng.normal(size=16) for k in ids}
+
+    def side() -> np.ndarray:
+        base = np.stack([centre[k] for k in clips["identity"]])
+        if math.isinf(noise):
+            base = np.zeros_like(base)
+        x = base + (1.0 if math.isinf(noise) else noise) * rng.normal(size=base.shape)
+        out: np.ndarray = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+        return out
+
+    return Embeddings(list(clips["clip_key"]), side(), side())
+
+
+def test_metric_keys_and_perfect_embeddings() -> None:
+    clips = _clips()
+    trials, _ = generate_trials(clips, TrialSpec(n_match=300, n_verify=200, seed=1))
+    identity = dict(zip(clips["clip_key"], clips["identity"], strict=True))
+    s = score(_embeddings(clips, 0.0), trials, identity)
+    m = s.metrics
+    for protocol, direction in (
+        ("match_1to2", "v2f"), ("match_1to2", "f2v"), ("match_1to10", "v2f"),
+        ("verify_auc", "vf"), ("verify_eer", "vf"), ("retrieve_map", "v2f"),
+    ):  # fmt: skip
+        for split in ("test_unseen", "test_seen"):
+            # 6 identities per gender / nationality: the G and N trials have 6 candidates, so
+            # they have no 1:10 figure.
+            constraints = ("U",) if protocol in ("retrieve_map", "match_1to10") else ("U", "G", "N")
+            for c in constraints:
+                v = m[protocol][direction][c][split]
+                assert v == (0.0 if protocol == "verify_eer" else 1.0), (protocol, c, split)
+    assert m["retrieve_gallery"]["test_unseen"] == {"clips": 48, "identities": 12}
+    assert m["trials"]["match"] == 2 * 2 * 3 * 300 and m["trials"]["verify"] == 2 * 3 * 200
+    assert list(s.match_curve["n"]) == list(range(2, 11))
+    assert (s.match_curve["v2f"] == 1.0).all()
+    assert s.roc.iloc[0].tolist() == [0.0, 0.0] and s.roc.iloc[-1].tolist() == [1.0, 1.0]
+    assert len(s.ranked) == 6 and all(r["ranked"][0]["true"] for r in s.ranked)
+
+
+def test_random_embeddings_score_at_chance() -> None:
+    # A fixed random embedding set is correlated across trials (every clip serves in many), so
+    # average over several sets.
+    clips = _clips(20)
+    trials, _ = generate_trials(clips, TrialSpec(n_match=2000, n_verify=2000, seed=2))
+    identity = dict(zip(clips["clip_key"], clips["identity"], strict=True))
+    runs = [
+        score(_embeddings(clips, math.inf, seed), trials, identity).metrics for seed in range(8)
+    ]
+
+    def mean(*keys: str) -> float:
+        vals = []
+        for m in runs:
+            x: Any = m
+            for k in keys:
+                x = x[k]
+            vals.append(x)
+        return float(np.mean(vals))
+
+    for split in ("test_unseen", "test_seen"):
+        assert mean("match_1to2", "v2f", "U", split) == pytest.approx(0.5, abs=0.03)
+        assert mean("match_1to10", "f2v", "U", split) == pytest.approx(0.1, abs=0.02)
+        assert mean("verify_auc", "vf", "G", split) == pytest.approx(0.5, abs=0.03)
+        assert mean("retrieve_map", "v2f", "U", split) == pytest.approx(
+            runs[0]["chance"]["retrieve_map"][split], abs=0.02
+        )
+
+
+def test_oracle_fraction() -> None:
+    values = {
+        "chance": {"match_1to2": 0.5, "verify_eer": 0.5, "retrieve_map": {"test_unseen": 0.1}},
+        "match_1to2": {"v2f": {"U": {"test_unseen": 0.7, "test_seen": 0.8}}},
+        "verify_eer": {"vf": {"U": {"test_unseen": 0.3}}},
+        "retrieve_map": {"v2f": {"U": {"test_unseen": 0.2}}},
+    }
+    oracle = {
+        "match_1to2": {"v2f": {"U": {"test_unseen": 0.9}}},  # no test_seen figure: no fraction
+        "verify_eer": {"vf": {"U": {"test_unseen": 0.1}}},
+        "retrieve_map": {"v2f": {"U": {"test_unseen": 0.5}}},
+    }
+    f = oracle_fraction(values, oracle)
+    assert f["match_1to2"]["v2f"]["U"] == {"test_unseen": 0.5}
+    assert f["verify_eer"]["vf"]["U"]["test_unseen"] == 0.5  # (0.3 − 0.5) / (0.1 − 0.5)
+    assert f["retrieve_map"]["v2f"]["U"]["test_unseen"] == 0.25
+
+
+def test_select_clips_reindexes() -> None:
+    data = toy_pairs(n_ids=4, clips_per_id=3)
+    sub = select_clips(data, torch.tensor([3, 4, 9]))
+    assert sub.clip_keys == [data.clip_keys[i] for i in (3, 4, 9)]
+    assert sub.identities == [data.identities[1], data.identities[3]]
+    assert sub.identity.tolist() == [0, 0, 1]
+    c = 2  # its third clip is the original clip 9
+    assert torch.equal(
+        sub.faces[sub.face_offsets[c] : sub.face_offsets[c + 1]],
+        data.faces[data.face_offsets[9] : data.face_offsets[10]],
+    )
+    assert torch.equal(
+        sub.voices[sub.voice_offsets[c] : sub.voice_offsets[c + 1]],
+        data.voices[data.voice_offsets[9] : data.voice_offsets[10]],
+    )
+
+
+def test_lowshot_loss_matches_the_formula() -> None:
+    g = torch.Generator().manual_seed(0)
+    face = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    voice = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 1, 0])
+    model = LowShot(LowShotParams(tau=0.4, labelled_identities=3), 4).double()
+    batch = type("B", (), {"identity": y})()
+    w = model.classifier.weight.detach()
+
+    def ce(x: torch.Tensor, i: int) -> float:
+        logits = (w @ x.detach()).tolist()
+        return -logits[y[i]] + math.log(sum(math.exp(z) for z in logits))
+
+    def nce(a: torch.Tensor, o: torch.Tensor, i: int) -> float:
+        an = torch.nn.functional.normalize(a.detach(), dim=1)
+        on = torch.nn.functional.normalize(o.detach(), dim=1)
+        logits = (an[i] @ on.T / 0.4).tolist()
+        return -logits[i] + math.log(sum(math.exp(z) for z in logits))
+
+    want = sum(0.5 * (ce(face[i], i) + ce(voice[i], i)) for i in range(5)) / 5
+    want += 0.5 * sum(nce(voice, face, i) + nce(face, voice, i) for i in range(5)) / 5
+    assert model(face, voice, batch)["loss"].item() == pytest.approx(want, rel=1e-10)
+    assert torch.autograd.gradcheck(lambda f, v: model(f, v, batch)["loss"], (face, voice))
+    with pytest.raises(ValueError, match="at least 2"):
+        LowShotParams(tau=0.1, labelled_identities=1)
