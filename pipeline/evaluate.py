@@ -45,8 +45,12 @@ class Embeddings:
     face: np.ndarray  # (C, d) float32
     voice: np.ndarray  # (C, d) float32
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {k: i for i, k in enumerate(self.clip_keys)})
+
     def rows(self, keys: list[str] | pd.Series) -> np.ndarray:
-        index = {k: i for i, k in enumerate(self.clip_keys)}
+        """Row indices of clip keys (ValueError for a clip without embeddings)."""
+        index: dict[str, int] = self._index  # type: ignore[attr-defined]
         try:
             return np.array([index[k] for k in keys], dtype=np.int64)
         except KeyError as e:
