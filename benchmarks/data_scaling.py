@@ -1,0 +1,79 @@
+"""How 1:2 matching on unseen identities grows with the number of training identities.
+
+Evidence for what limits the learned methods on the default synthetic corpus (the closing notes
+cite it). Run after ``make demo``: ``python -m benchmarks.data_scaling --method cid``. It trains
+the method on nested subsets of the training identities (drawn from the seed; each subset
+contains the smaller ones) with the same number of optimiser steps (epochs scaled by the
+inverse fraction), then scores 1:2 V->F (U) on the unseen-unheard identities with the train
+stage's quick check, and prints accuracy, final training loss and the seen-clips accuracy
+(the training clips themselves) to show over-fitting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.oracle import matching_accuracy, matching_trials
+from pipeline.pairs import PairData, load_pairs, select_clips
+from pipeline.params import load_params
+from pipeline.schema import MANIFEST, read_table
+from pipeline.train.loop import Encoders, TrainConfig, embed_clips, train
+from stages.train import build_method
+
+
+def accuracy(enc: Encoders, data: PairData, gender: dict[str, str], seed: int) -> float:
+    f, v = embed_clips(enc, data, torch.device("cpu"))
+    ident = np.array([data.identities[i] for i in data.identity.tolist()])
+    g = np.array([gender.get(k, "?") for k in ident])
+    trials = matching_trials(ident, g, 5000, "U", np.random.default_rng(seed))
+    return matching_accuracy(v.numpy(), f.numpy(), trials)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--method", default="cid")
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 1.0])
+    args = ap.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("VOXFACE_THREADS", str(os.cpu_count() or 1))))
+    params = load_params()
+    t = params.train
+    paths = (Path("data/manifest/clips.parquet"), Path("data/faces"), Path("data/voice"))
+    data = load_pairs(*paths, ("train",), t.face_size_px)
+    test = load_pairs(*paths, ("test_unseen",), t.face_size_px)
+    m = read_table(paths[0], MANIFEST).drop_duplicates("identity").set_index("identity")
+    gender = m["gender"].fillna("?").to_dict()
+    order = np.random.default_rng(params.base.seed).permutation(len(data.identities))
+    print(f"{args.method}: {len(data.identities)} training identities, {t.epochs} epochs at 100 %")
+    print("identities  clips  epochs  final_loss  train_1to2_U  unseen_1to2_U  wall_s")
+    for frac in args.fractions:
+        keep = order[: max(2, round(frac * len(order)))]
+        clips = torch.from_numpy(np.flatnonzero(np.isin(data.identity.numpy(), keep)))
+        sub = select_clips(data, clips)
+        method, mp = build_method(args.method, params, sub)
+        epochs = round(t.epochs / frac)
+        cfg = TrainConfig(
+            epochs, t.batch_size, t.lr, t.weight_decay, t.embed_dim, t.face_encoder,
+            t.voice_encoder, t.voice_frames, params.base.seed,
+            head=getattr(method, "head", "none"),
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            enc, hist = train(sub, method, mp, cfg, Path(tmp), torch.device("cpu"))
+        wall = time.perf_counter() - t0
+        print(
+            f"{len(keep):10d}  {len(sub):5d}  {epochs:6d}  {hist[-1]['loss']:10.3f}  "
+            f"{accuracy(enc, sub, gender, 1):12.3f}  {accuracy(enc, test, gender, 1):13.3f}  "
+            f"{wall:6.0f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
