@@ -142,8 +142,9 @@ def score(
     """Every protocol of the TRIALS table on these embeddings.
 
     ``identity``: clip_key -> identity (for retrieval relevance and the ranked examples).
-    1:2 accuracy uses every match trial's first two candidates; the 1:N curve (and the
-    ``match_1to10`` value at N = K) uses the trials that have all K candidates.
+    1:2 accuracy uses every match trial's first two candidates; the 1:N curve uses the trials
+    that have all K candidates (N = 2..K; K < 10 only when a split has fewer than 10
+    identities), and ``match_1to10`` is its value at N = 10 when K >= 10.
     """
     out: dict[str, Any] = {}
     curve: dict[str, np.ndarray] = {}
@@ -164,11 +165,12 @@ def score(
             _nest(out, ("match_1to2", direction, constraint, split), acc2)
             k = max(len(c) for c in cands)
             full = np.array([[p, *c] for p, c in zip(probes, cands, strict=True) if len(c) == k])
-            if k >= 10 and len(full):
+            if len(full):
                 acc = metrics.matching_curve(probe_emb, cand_emb, full)  # N = 2..K
-                _nest(out, ("match_1to10", direction, constraint, split), acc[8])
+                if k >= 10:
+                    _nest(out, ("match_1to10", direction, constraint, split), acc[8])
                 if split == "test_unseen" and constraint == "U":
-                    curve[direction] = acc
+                    curve[direction] = acc  # up to N = K when a split has < 10 identities
             counts["match"] += len(g)
         elif protocol == "verify":
             v = emb.voice[emb.rows(g["probe"])]
@@ -195,10 +197,10 @@ def score(
     out["chance"] = {**CHANCE, "retrieve_map": chance_map}
     out["retrieve_gallery"] = gallery
     out["trials"] = counts
-    table = pd.DataFrame({"n": np.arange(2, 2 + len(next(iter(curve.values()), [])))})
+    n = min((len(c) for c in curve.values()), default=0)
+    table = pd.DataFrame({"n": np.arange(2, 2 + n)})
     for d in ("v2f", "f2v"):
-        if d in curve:
-            table[d] = curve[d].round(4)
+        table[d] = curve[d][:n].round(4) if d in curve else np.full(n, np.nan)
     return Scores(out, table, roc, ranked)
 
 

@@ -174,7 +174,24 @@ def test_changing_a_method_param_reruns_only_that_method(
     tiny_repo: tuple[Path, dict[str, str], float],
 ) -> None:
     repo, env, _ = tiny_repo
-    _run(["dvc", "repro"], repo, env)  # settle anything an earlier test changed
+    _run(["dvc", "repro"], repo, env)  # settle anything an earlier test changed, and commit it
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo, env)
+    _run(
+        [
+            "git",
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "pre",
+        ],
+        repo,
+        env,
+    )
     params = repo / "params.yaml"
     text = params.read_text()
     cid = text.index("\ncid:\n")

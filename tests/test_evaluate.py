@@ -166,3 +166,13 @@ def test_lowshot_loss_matches_the_formula() -> None:
     assert torch.autograd.gradcheck(lambda f, v: model(f, v, batch)["loss"], (face, voice))
     with pytest.raises(ValueError, match="at least 2"):
         LowShotParams(tau=0.1, labelled_identities=1)
+
+
+def test_a_split_with_fewer_than_ten_identities_has_a_shorter_curve() -> None:
+    clips = _clips(6)  # 5 impostors at most: trials of 6 candidates
+    trials, _ = generate_trials(clips, TrialSpec(n_match=100, n_verify=40, seed=3))
+    identity = dict(zip(clips["clip_key"], clips["identity"], strict=True))
+    s = score(_embeddings(clips, 0.0), trials, identity)
+    assert list(s.match_curve.columns) == ["n", "v2f", "f2v"]
+    assert list(s.match_curve["n"]) == [2, 3, 4, 5, 6] and (s.match_curve["f2v"] == 1.0).all()
+    assert "match_1to10" not in s.metrics and s.metrics["match_1to2"]["v2f"]["U"]["test_seen"] == 1
