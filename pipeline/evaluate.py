@@ -246,6 +246,7 @@ def oracle_fraction(values: dict[str, Any], oracle: dict[str, Any]) -> dict[str,
                     for split, v in by_s.items():
                         o = oracle[protocol].get(direction, {}).get(constraint, {}).get(split)
                         c = chance[split] if isinstance(chance, dict) else chance
-                        if o is not None and o != c:
-                            _nest(out, (protocol, direction, constraint, split), (v - c) / (o - c))
+                        f = metrics.margin_fraction(v, o, c)
+                        if f is not None:
+                            _nest(out, (protocol, direction, constraint, split), f)
     return out

@@ -7,7 +7,6 @@ each frame the detection that overlaps the anchor most is kept, so the track sta
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from pipeline.faces import Detections, DetectorConfig, FaceDetector
+from pipeline.jpeg import encode_jpeg
 from pipeline.media import read_face_frames
 from pipeline.schema import FACE_FRAMES, write_table
 from pipeline.shard import ClipRef, ShardResult, decode_each
@@ -82,16 +82,6 @@ def crop_face(frame: np.ndarray, box: np.ndarray, margin: float, size: int) -> n
     s = max(1, int(round(side)))
     img = Image.fromarray(frame).crop((left, top, left + s, top + s))  # PIL pads outside with black
     return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
-
-
-def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 # ---------------------------------------------------------------- the faces stage's shards

@@ -17,6 +17,8 @@ set beside the mAP of a random ranking on the very same gallery.
 
 from __future__ import annotations
 
+import math
+
 import faiss
 import numpy as np
 
@@ -352,3 +354,14 @@ def expected_random_map(probe_labels: np.ndarray, gallery_labels: np.ndarray) ->
     if r.shape[0] == 0:
         raise ValueError("no probe has a relevant gallery item: mAP is undefined")
     return float(_expected_random_ap(r.astype(np.float64), gallery_labels.shape[0]).mean())
+
+
+def margin_fraction(
+    value: float | None, oracle: float | None, chance: float | None
+) -> float | None:
+    """A score as a share of the oracle's margin over chance, ``(value − chance) / (oracle −
+    chance)``: 0 at chance, 1 at the oracle (for EER too, where lower is better). None when a
+    term is missing or the oracle is at chance."""
+    if value is None or oracle is None or chance is None or math.isclose(oracle, chance):
+        return None
+    return (value - chance) / (oracle - chance)

@@ -38,6 +38,8 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from pipeline.atomic import atomic_dir, atomic_path
+from pipeline.jpeg import decode_jpeg
+from pipeline.metrics import margin_fraction as oracle_fraction
 from pipeline.schema import FACE_FRAMES, MANIFEST, SPLITS, read_table
 
 ORACLE = "oracle"
@@ -308,12 +310,7 @@ def load_first_frames(faces_dir: Path | str, clip_keys: Sequence[str]) -> dict[s
     if missing:
         raise ValueError(f"{folder}: no face frame for clips {missing[:5]} ({len(missing)} in all)")
     keys, jpegs = found["clip_key"], found["crop_jpeg"]
-    return {str(k): _decode_jpeg(bytes(j)) for k, j in zip(keys, jpegs, strict=True)}
-
-
-def _decode_jpeg(data: bytes) -> np.ndarray:
-    # As pipeline.facetrack.decode_jpeg, without importing facetrack (it pulls in torch, ~2 s).
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return {str(k): decode_jpeg(bytes(j)) for k, j in zip(keys, jpegs, strict=True)}
 
 
 # ---------------------------------------------------------------------------------- numbers
@@ -346,15 +343,6 @@ def chance_level(inputs: ReportInputs, protocol: str, split: str) -> float | Non
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
     return None
-
-
-def oracle_fraction(
-    value: float | None, oracle: float | None, chance: float | None
-) -> float | None:
-    """``(value - chance) / (oracle - chance)``; None when a term is missing or the margin is 0."""
-    if value is None or oracle is None or chance is None or math.isclose(oracle, chance):
-        return None
-    return (value - chance) / (oracle - chance)
 
 
 def _walk(metrics: dict[str, Any]) -> Iterator[tuple[str, str, str, str]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,12 @@ from pipeline.train.loop import TrainConfig, load_model, save_model, train
 from pipeline.trials import read_trials
 from stages._runtime import prefect_api, stage_params, write_json
 from stages.evaluate import add_eval_arguments, score_and_write
-from stages.train import device
+from stages.train import device, setup_torch
 
 
 @flow(name="lowshot")
 def lowshot_flow(method: str, params: Params, args: argparse.Namespace) -> dict[str, Any]:
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(int(os.environ.get("VOXFACE_THREADS", str(os.cpu_count() or 1))))
+    setup_torch()
     ls, t = params.lowshot, params.train
     manifest, faces, voice = Path(args.manifest), Path(args.faces), Path(args.voice)
     data = load_pairs(manifest, faces, voice, ("train",), t.face_size_px)

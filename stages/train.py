@@ -56,6 +56,14 @@ def build_method(name: str, params: Params, data: PairData) -> tuple[torch.nn.Mo
     raise SystemExit(f"unknown method {name!r}")
 
 
+def setup_torch() -> None:
+    """Deterministic kernels and the thread count (``VOXFACE_THREADS``, default: every core) for
+    a training process. cuBLAS needs its fixed workspace set before CUDA starts."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(int(os.environ.get("VOXFACE_THREADS", str(os.cpu_count() or 1))))
+
+
 def device() -> torch.device:
     return torch.device(
         os.environ.get("VOXFACE_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
@@ -67,10 +75,7 @@ def train_flow(
     method_name: str, params: Params, manifest: str, faces: str, voice: str, out: str
 ) -> dict[str, Any]:
     t = params.train
-    # Deterministic cuBLAS needs a fixed workspace, set before CUDA starts.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(int(os.environ.get("VOXFACE_THREADS", str(os.cpu_count() or 1))))
+    setup_torch()
     data = load_pairs(Path(manifest), Path(faces), Path(voice), ("train",), t.face_size_px)
     method, mparams = build_method(method_name, params, data)
     cfg = TrainConfig(

@@ -15,12 +15,11 @@ from pipeline.faces import Detections, DetectorConfig
 from pipeline.facetrack import (
     FaceConfig,
     crop_face,
-    decode_jpeg,
-    encode_jpeg,
     face_shard,
     iou,
     select_track,
 )
+from pipeline.jpeg import decode_jpeg, encode_jpeg
 from pipeline.media import read_face_frames
 from pipeline.schema import FACE_FRAMES, read_table
 from pipeline.shard import ClipRef
