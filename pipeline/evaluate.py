@@ -26,6 +26,7 @@ from pipeline.pairs import load_pairs
 from pipeline.schema import (
     FACE_FRAMES,
     MANIFEST,
+    OUTCOMES,
     SYNTH_CLIPS,
     SYNTH_IDENTITIES,
     VOICE_FEATURES,
@@ -134,6 +135,7 @@ class Scores:
     match_curve: pd.DataFrame  # n, v2f, f2v (test_unseen, U)
     roc: pd.DataFrame  # fpr, tpr (test_unseen, U)
     ranked: list[dict[str, Any]]
+    outcomes: pd.DataFrame  # per match / verify trial (schema.OUTCOMES): for the bootstrap
 
 
 def score(
@@ -153,6 +155,24 @@ def score(
     chance_map: dict[str, float] = {}
     ranked: list[dict[str, Any]] = []
     counts = {"match": 0, "verify": 0}
+    parts: list[pd.DataFrame] = []
+
+    def keep(g: pd.DataFrame, value: np.ndarray, label: Any = None) -> None:
+        parts.append(
+            pd.DataFrame(
+                {
+                    "split": g["split"].to_numpy(),
+                    "protocol": g["protocol"].to_numpy(),
+                    "constraint": g["constraint"].to_numpy(),
+                    "direction": g["direction"].to_numpy(),
+                    "trial": g["trial"].to_numpy(),
+                    "identity": [identity[k] for k in g["probe"]],
+                    "value": value.astype(np.float64),
+                    "label": label if label is not None else pd.array([None] * len(g), "boolean"),
+                }
+            )
+        )
+
     for (split, protocol, constraint, direction), g in trials.groupby(
         ["split", "protocol", "constraint", "direction"], sort=True
     ):
@@ -161,8 +181,9 @@ def score(
             probes = emb.rows(g["probe"])
             cands = [emb.rows(list(c)) for c in g["candidates"]]
             pairs = np.array([[p, c[0], c[1]] for p, c in zip(probes, cands, strict=True)])
-            acc2 = metrics.matching_curve(probe_emb, cand_emb, pairs)[0]
-            _nest(out, ("match_1to2", direction, constraint, split), acc2)
+            credit2 = metrics.matching_credit(probe_emb, cand_emb, pairs)[:, 0]
+            _nest(out, ("match_1to2", direction, constraint, split), credit2.mean())
+            keep(g, credit2)
             k = max(len(c) for c in cands)
             full = np.array([[p, *c] for p, c in zip(probes, cands, strict=True) if len(c) == k])
             if len(full):
@@ -177,6 +198,7 @@ def score(
             f = emb.face[emb.rows([c[0] for c in g["candidates"]])]
             s = np.einsum("nd,nd->n", v, f)
             y = g["label"].to_numpy(dtype=bool)
+            keep(g, s, y)
             _nest(out, ("verify_auc", "vf", constraint, split), metrics.roc_auc(s, y))
             _nest(out, ("verify_eer", "vf", constraint, split), metrics.equal_error_rate(s, y))
             if split == "test_unseen" and constraint == "U":
@@ -201,7 +223,9 @@ def score(
     table = pd.DataFrame({"n": np.arange(2, 2 + n)})
     for d in ("v2f", "f2v"):
         table[d] = curve[d][:n].round(4) if d in curve else np.full(n, np.nan)
-    return Scores(out, table, roc, ranked)
+    columns = [f.name for f in OUTCOMES.schema]
+    outcomes = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    return Scores(out, table, roc, ranked, outcomes)
 
 
 def _ranked(

@@ -40,8 +40,8 @@ def _check_labels(name: str, labels: np.ndarray, n: int) -> None:
 # --- 1:N matching -----------------------------------------------------------------------------
 
 
-def matching_curve(probe: np.ndarray, candidates: np.ndarray, trials: np.ndarray) -> np.ndarray:
-    """Accuracy of 1:N matching for N = 2..K, on stored trials.
+def matching_credit(probe: np.ndarray, candidates: np.ndarray, trials: np.ndarray) -> np.ndarray:
+    """Per trial, the credit of 1:N matching for N = 2..K, on stored trials.
 
     probe: (P, D) embeddings of the probe modality; candidates: (C, D) embeddings of the other
     modality; trials: (T, 1 + K) integer rows ``[probe, true candidate, impostor_1, ...,
@@ -51,8 +51,7 @@ def matching_curve(probe: np.ndarray, candidates: np.ndarray, trials: np.ndarray
     impostors. A true score tied with ``t`` of them (and above the rest) counts ``1/(t+1)``, the
     expected accuracy of a random tie-break. Scores are computed in float64.
 
-    Returns (K - 1,) float64 accuracies in [0, 1] for N = 2..K; ``[0]`` is 1:2 matching, whose
-    chance level is 1/2 (1/N at N).
+    Returns (T, K - 1) float64 credits in [0, 1]: column ``N - 2`` is trial's credit at N.
     """
     _check_embeddings("probe", probe)
     _check_embeddings("candidates", candidates)
@@ -85,8 +84,18 @@ def matching_curve(probe: np.ndarray, candidates: np.ndarray, trials: np.ndarray
     true, imp = scores[:, :1], scores[:, 1:]  # (T, 1), (T, K - 1)
     above = np.cumsum(imp > true, axis=1)  # (T, K - 1): impostors among the first N - 1 above
     tied = np.cumsum(imp == true, axis=1)  # (T, K - 1)
-    credit = np.where(above == 0, 1.0 / (tied + 1), 0.0)  # (T, K - 1)
-    out: np.ndarray = credit.mean(axis=0)
+    credit: np.ndarray = np.where(above == 0, 1.0 / (tied + 1), 0.0)  # (T, K - 1)
+    return credit
+
+
+def matching_curve(probe: np.ndarray, candidates: np.ndarray, trials: np.ndarray) -> np.ndarray:
+    """Accuracy of 1:N matching for N = 2..K, on stored trials: the mean over trials of
+    :func:`matching_credit` (see there for the arguments and the tie rule).
+
+    Returns (K - 1,) float64 accuracies in [0, 1] for N = 2..K; ``[0]`` is 1:2 matching, whose
+    chance level is 1/2 (1/N at N).
+    """
+    out: np.ndarray = matching_credit(probe, candidates, trials).mean(axis=0)
     return out
 
 

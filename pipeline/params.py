@@ -216,6 +216,13 @@ class LowshotSection(_Section):
 MethodName = Literal["cid", "wen2021", "cmpc", "bipseudo"]
 
 
+class CompareSection(_Section):
+    """Stage ``aggregate``: intervals over seeds and test identities, paired verdicts."""
+
+    reference: MethodName  # every method is compared with it (and with the top method)
+    bootstrap: int = Field(ge=100)  # identity resamples per interval
+
+
 class Params(_Section):
     base: BaseParams
     data: DataParams
@@ -224,6 +231,8 @@ class Params(_Section):
     face: FaceStageParams
     voice: VoiceStageParams
     methods: list[MethodName] = Field(min_length=1)
+    #: Training seeds: every method is trained, fine-tuned and scored once per seed.
+    seeds: list[int] = Field(min_length=1)
     train: TrainParams
     cid: CidSection
     wen2021: Wen2021Section
@@ -231,6 +240,15 @@ class Params(_Section):
     bipseudo: BipseudoSection
     lowshot: LowshotSection
     trials: TrialsSection
+    compare: CompareSection
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self) -> Params:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods must be distinct, got {self.methods}")
+        return self
 
 
 class ParamsError(ValueError):

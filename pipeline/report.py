@@ -67,7 +67,25 @@ SPLIT_LABELS: dict[str, str] = {
 }
 #: Top-level keys of a metrics file that are not protocol -> direction -> constraint -> split.
 _NOT_METRICS = frozenset(
-    {"method", "chance", "retrieve_gallery", "trials", "oracle_fraction", "available", "reason"}
+    {
+        "method", "chance", "retrieve_gallery", "trials", "oracle_fraction", "available", "reason",
+        "seeds", "n_seeds", "probes", "attributes",
+    }
+)  # fmt: skip
+CEILING = "media ceiling"
+#: The metrics the verdict section lists: (label, protocol, direction, constraint).
+VERDICT_ROWS: tuple[tuple[str, str, str, str], ...] = (
+    ("1:2 V→F U", "match_1to2", "v2f", "U"),
+    ("1:2 F→V U", "match_1to2", "f2v", "U"),
+    ("1:2 V→F G", "match_1to2", "v2f", "G"),
+    ("AUC U", "verify_auc", "vf", "U"),
+)
+#: Attribute probes shown: (header, key in the probe figures).
+PROBE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("gender acc.", "gender_acc"),
+    ("nationality acc.", "nationality_acc"),
+    ("age R²", "age_r2"),
+    ("build R²", "build_r2"),
 )
 
 #: The per-split comparison table: (header, protocol, direction, constraint).
@@ -134,6 +152,12 @@ class ReportInputs:
     history: dict[str, list[dict[str, Any]]]
     trials: dict[str, Any]
     corpus: Corpus
+    #: The ``aggregate`` stage's paired verdicts (``verdicts.json``), None when absent.
+    verdicts: dict[str, Any] | None = None
+    #: The media ceiling's metrics (``ceiling.json``), None when absent or unavailable.
+    ceiling: dict[str, Any] | None = None
+    #: The training seed whose curves, ranked examples and loss history are shown.
+    shown_seed: int | None = None
 
 
 def load_json(path: Path | str) -> Any:
@@ -229,12 +253,16 @@ def load_inputs(
     trials: Path | str,
     manifest: Path | str,
     layout: str,
+    seed: int,
 ) -> ReportInputs:
     """Load every input of the report; a missing file raises FileNotFoundError naming it.
 
-    Per method: ``<metrics_dir>/<m>.json``, ``<eval_dir>/<m>/{match_curve.csv, roc.csv,
-    ranked.json}``, ``<train_dir>/<m>.json`` and ``<m>_history.json``. The oracle:
-    ``<metrics_dir>/oracle.json`` and, when it is available, its curve and ROC.
+    Per method: its aggregate over seeds ``<metrics_dir>/aggregate/<m>.json`` (a leaf is a number
+    or ``{mean, ci95_low, ...}``), and for training seed ``seed`` its ``<eval_dir>/<m>/s<seed>/
+    {match_curve.csv, roc.csv, ranked.json}``, ``<train_dir>/<m>/s<seed>.json`` and
+    ``s<seed>_history.json``. The oracle: ``<metrics_dir>/oracle.json`` and, when it is
+    available, its curve and ROC in ``<eval_dir>/oracle/``. Optional: the verdicts
+    ``<metrics_dir>/aggregate/verdicts.json`` and the media ceiling ``<metrics_dir>/ceiling.json``.
     """
     names = tuple(methods)
     if not names:
@@ -242,22 +270,29 @@ def load_inputs(
     if len(set(names)) != len(names) or ORACLE in names:
         raise ValueError(f"methods {list(names)}: expected distinct names other than {ORACLE!r}")
     mdir, edir, tdir = Path(metrics_dir), Path(eval_dir), Path(train_dir)
-    metrics = {m: load_metrics(mdir / f"{m}.json") for m in names}
+    metrics = {m: load_metrics(mdir / "aggregate" / f"{m}.json") for m in names}
     oracle_raw = load_metrics(mdir / f"{ORACLE}.json")
     available = oracle_raw.get("available", True) is not False
     oracle = oracle_raw if available else None
     reason = "" if available else str(oracle_raw.get("reason", "no reason given"))
+    folder = {n: edir / n / f"s{seed}" for n in names} | {ORACLE: edir / ORACLE}
     curve_names = (*names, ORACLE) if available else names
-    curves = {n: load_csv(edir / n / "match_curve.csv", ("n", "v2f", "f2v")) for n in curve_names}
-    rocs = {n: load_csv(edir / n / "roc.csv", ("fpr", "tpr")) for n in curve_names}
-    ranked = {m: load_ranked(edir / m / "ranked.json") for m in names}
-    train = {m: _load_dict(tdir / f"{m}.json") for m in names}
-    history = {m: load_history(tdir / f"{m}_history.json") for m in names}
+    curves = {n: load_csv(folder[n] / "match_curve.csv", ("n", "v2f", "f2v")) for n in curve_names}
+    rocs = {n: load_csv(folder[n] / "roc.csv", ("fpr", "tpr")) for n in curve_names}
+    ranked = {m: load_ranked(folder[m] / "ranked.json") for m in names}
+    train = {m: _load_dict(tdir / m / f"s{seed}.json") for m in names}
+    history = {m: load_history(tdir / m / f"s{seed}_history.json") for m in names}
     trials_summary = _load_dict(Path(trials))
     corpus = load_corpus(manifest, layout)
+    vpath, cpath = mdir / "aggregate" / "verdicts.json", mdir / "ceiling.json"
+    verdicts = _load_dict(vpath) if vpath.is_file() else None
+    ceiling = _load_dict(cpath) if cpath.is_file() else None
+    if ceiling is not None and ceiling.get("available", True) is False:
+        ceiling = None
     return ReportInputs(
-        names, metrics, oracle, reason, curves, rocs, ranked, train, history, trials_summary, corpus
-    )
+        names, metrics, oracle, reason, curves, rocs, ranked, train, history, trials_summary,
+        corpus, verdicts, ceiling, seed,
+    )  # fmt: skip
 
 
 def ranked_clip_keys(inputs: ReportInputs) -> list[str]:
@@ -319,12 +354,15 @@ def load_first_frames(faces_dir: Path | str, clip_keys: Sequence[str]) -> dict[s
 def metric(
     metrics: dict[str, Any] | None, protocol: str, direction: str, constraint: str, split: str
 ) -> float | None:
-    """One number of a metrics file, or None where it is absent."""
+    """One number of a metrics file, or None where it is absent. In an aggregate over seeds, a
+    leaf ``{mean, ...}`` gives its mean."""
     node: Any = metrics
     for key in (protocol, direction, constraint, split):
         if not isinstance(node, dict) or key not in node:
             return None
         node = node[key]
+    if isinstance(node, dict):
+        node = node.get("mean")
     if isinstance(node, bool) or not isinstance(node, int | float):
         return None
     return float(node)
@@ -386,7 +424,8 @@ def metric_keys(inputs: ReportInputs, split: str) -> list[tuple[str, str, str]]:
 
 
 def best_method(inputs: ReportInputs) -> str:
-    """The method with the highest 1:2 V→F U accuracy on test_unseen (first one on a tie)."""
+    """The method with the highest mean 1:2 V→F U accuracy on test_unseen (first one on a tie):
+    the order of the ranked figures. Whether it is ahead at all is :func:`leaders`' question."""
     scores = [(metric(inputs.metrics[m], *HEADLINE), m) for m in inputs.methods]
     known = [(s, m) for s, m in scores if s is not None]
     if not known:
@@ -395,8 +434,89 @@ def best_method(inputs: ReportInputs) -> str:
     return next(m for s, m in known if s == top)
 
 
+def leaders(inputs: ReportInputs) -> list[str]:
+    """The methods tied for first on the headline by the paired verdicts (the top method and
+    every method not distinguishable from it); without verdicts, every method."""
+    entry = _verdict_entry(inputs, *HEADLINE)
+    if entry is None:
+        return list(inputs.methods)
+    return [str(m) for m in entry.get("tied_for_first", [])]
+
+
 def _pct(x: float | None) -> str:
     return _MISSING if x is None else f"{100 * x:.1f}"
+
+
+def metric_leaf(
+    metrics: dict[str, Any] | None, protocol: str, direction: str, constraint: str, split: str
+) -> dict[str, Any]:
+    """The aggregate leaf of one metric (``{mean, half_width, ci95_low, ...}``); a plain number
+    becomes ``{"mean": x}``, an absent one ``{}``."""
+    node: Any = metrics
+    for key in (protocol, direction, constraint, split):
+        if not isinstance(node, dict) or key not in node:
+            return {}
+        node = node[key]
+    if isinstance(node, dict):
+        return node
+    return {"mean": node} if isinstance(node, int | float) else {}
+
+
+def _pm(leaf: dict[str, Any], scale: float = 100.0, digits: int = 1) -> str:
+    """``mean ± half-width`` of a leaf (the 95 % interval over seeds), or the mean alone."""
+    mean = leaf.get("mean")
+    if not isinstance(mean, int | float):
+        return _MISSING
+    hw = leaf.get("half_width")
+    text = f"{scale * mean:.{digits}f}"
+    return text if not isinstance(hw, int | float) else f"{text} ± {scale * hw:.{digits}f}"
+
+
+def _range(low: Any, high: Any, scale: float = 100.0) -> str:
+    if not isinstance(low, int | float) or not isinstance(high, int | float):
+        return _MISSING
+    return f"[{scale * low:.1f}, {scale * high:.1f}]"
+
+
+def _verdict_entry(
+    inputs: ReportInputs, protocol: str, direction: str, constraint: str, split: str
+) -> dict[str, Any] | None:
+    node: Any = (inputs.verdicts or {}).get("metrics")
+    for key in (protocol, direction, constraint, split):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node if isinstance(node, dict) else None
+
+
+def ranking_text(inputs: ReportInputs) -> str:
+    """Who leads on the headline (1:2 V→F U, test_unseen), ties included: never a single "best"
+    that the paired 95 % intervals cannot separate from the next."""
+    entry = _verdict_entry(inputs, *HEADLINE)
+    n_seeds = _n_seeds(inputs)
+    if entry is None:
+        return "Ranking: no paired verdicts available (the aggregate stage's verdicts.json)."
+    tied = [str(m) for m in entry.get("tied_for_first", [])]
+    top = str(entry.get("top"))
+    means = entry.get("means", {})
+    desc = ", ".join(f"{m} {_pct(means.get(m))}" for m in tied)
+    if len(tied) > 1:
+        lead = (
+            f"tied for first: {desc} — not distinguishable at 95 % (paired differences over "
+            "the same trials, test identities resampled"
+        )
+    else:
+        lead = f"first: {desc}, ahead of every other method at 95 % (paired differences"
+    seeds = f"; {n_seeds} training seeds per method)" if n_seeds else ")"
+    others = [m for m in inputs.methods if m in means and m not in tied]
+    rest = f" Behind: {', '.join(others)}." if others and top else ""
+    return f"1:2 V→F U on test_unseen, mean over seeds — {lead}{seeds}.{rest}"
+
+
+def _n_seeds(inputs: ReportInputs) -> int | None:
+    counts = {inputs.metrics[m].get("n_seeds") for m in inputs.methods}
+    counts.discard(None)
+    return int(next(iter(counts))) if len(counts) == 1 else None
 
 
 # ------------------------------------------------------------------------------------ figures
@@ -642,9 +762,15 @@ def _split_table(inputs: ReportInputs, split: str) -> _Table:
     chance_1to2 = chance_level(inputs, "match_1to2", split)
     oracle_1to2 = metric(inputs.oracle, "match_1to2", "v2f", "U", split)
     for m in inputs.methods:
-        values = [metric(inputs.metrics[m], *c[1:], split) for c in MAIN_COLUMNS]
+        cells = [_pm(metric_leaf(inputs.metrics[m], *c[1:], split)) for c in MAIN_COLUMNS]
+        frac = oracle_fraction(
+            metric(inputs.metrics[m], *HEADLINE[:3], split), oracle_1to2, chance_1to2
+        )
+        rows.append((m, *cells) + ((_pct(frac),) if with_oracle else ()))
+    if inputs.ceiling is not None:
+        values = [metric(inputs.ceiling, *c[1:], split) for c in MAIN_COLUMNS]
         frac = oracle_fraction(values[0], oracle_1to2, chance_1to2)
-        rows.append((m, *map(_pct, values)) + ((_pct(frac),) if with_oracle else ()))
+        rows.append((CEILING, *map(_pct, values)) + ((_pct(frac),) if with_oracle else ()))
     if with_oracle:
         values = [metric(inputs.oracle, *c[1:], split) for c in MAIN_COLUMNS]
         rows.append((ORACLE, *map(_pct, values), _pct(1.0)))
@@ -740,6 +866,107 @@ def _corpus_blocks(inputs: ReportInputs) -> list[_Block]:
     ]
 
 
+def _verdict_blocks(inputs: ReportInputs) -> list[_Block]:
+    """Per headline metric on test_unseen: every method's mean, its two 95 % intervals, and its
+    paired difference against the reference and against the top method, with the verdict."""
+    if inputs.verdicts is None:
+        return []
+    ref = str(inputs.verdicts.get("reference"))
+    out: list[_Block] = [
+        _Heading(3, "Verdicts, test_unseen"),
+        _Para(
+            "Per method: mean over seeds; 95 % interval over training seeds (t); 95 % interval "
+            "over test identities (bootstrap: identities resampled with replacement, seeds "
+            f"averaged). Against {ref} and against the top method: the paired difference "
+            "A − B on the same trials with its 95 % interval (identity bootstrap of the "
+            "difference and Welch's t over seeds, in quadrature) and the verdict: better / "
+            "worse when the interval excludes 0, else not distinguishable."
+        ),
+    ]
+    header = (
+        "metric", "method", "mean", "95 % over seeds", "95 % over identities",
+        f"vs {ref}", "verdict", "vs top", "verdict",
+    )  # fmt: skip
+    rows: list[tuple[str, ...]] = []
+    for label, protocol, direction, constraint in VERDICT_ROWS:
+        entry = _verdict_entry(inputs, protocol, direction, constraint, "test_unseen")
+        if entry is None:
+            continue
+        top = str(entry.get("top"))
+        for m in inputs.methods:
+            leaf = metric_leaf(inputs.metrics[m], protocol, direction, constraint, "test_unseen")
+            if not leaf:
+                continue
+            vr = entry.get("vs_reference", {}).get(m)
+            vt = entry.get("vs_top", {}).get(m)
+
+            def diff(v: dict[str, Any] | None) -> tuple[str, str]:
+                if v is None:
+                    return _MISSING, _MISSING
+                d = f"{100 * v['difference']:+.1f} {_range(v['ci95_low'], v['ci95_high'])}"
+                return d, str(v["verdict"])
+
+            rows.append(
+                (
+                    label, m + (" (top)" if m == top else ""), _pct(leaf.get("mean")),
+                    _range(leaf.get("ci95_low"), leaf.get("ci95_high")),
+                    _range(leaf.get("boot95_low"), leaf.get("boot95_high")),
+                    *diff(vr), *diff(vt),
+                )
+            )  # fmt: skip
+    out.append(_Table(header, tuple(rows), label_cols=2))
+    gains = []
+    entry = _verdict_entry(inputs, *HEADLINE)
+    for ls, v in (entry or {}).get("lowshot_vs_base", {}).items():
+        base = ls.removeprefix("lowshot_")
+        gains.append(
+            f"{ls} − {base}: {100 * v['difference']:+.1f} "
+            f"{_range(v['ci95_low'], v['ci95_high'])}, {v['verdict']}"
+        )
+    if gains:
+        out.append(_Para("Low-shot fine-tuning, 1:2 V→F U paired gain: " + "; ".join(gains) + "."))
+    return out
+
+
+def _probe_blocks(inputs: ReportInputs) -> list[_Block]:
+    """Linear attribute probes on each method's face and voice embeddings (test_unseen)."""
+    rows: list[tuple[str, ...]] = []
+    sources: list[tuple[str, dict[str, Any]]] = [
+        (m, inputs.metrics[m].get("probes") or {}) for m in inputs.methods
+    ]
+    if inputs.ceiling is not None and isinstance(inputs.ceiling.get("attributes"), dict):
+        sources.append((CEILING, inputs.ceiling["attributes"]))
+    chance: dict[str, Any] = {}
+    for name, probes in sources:
+        for side in ("face", "voice"):
+            fig = probes.get(side)
+            if not isinstance(fig, dict):
+                continue
+            cells = []
+            for _, key in PROBE_COLUMNS:
+                v = fig.get(key)
+                leaf = v if isinstance(v, dict) else {"mean": v}
+                cells.append(_pm(leaf, 1.0, 2))
+                c = fig.get(f"{key}_chance")
+                if key not in chance and c is not None:
+                    chance[key] = c.get("mean") if isinstance(c, dict) else c
+            rows.append((name, side, *cells))
+    if not rows:
+        return []
+    ch = [chance.get(k) for _, k in PROBE_COLUMNS]
+    rows.append(("chance", "", *(_MISSING if c is None else f"{float(c):.2f}" for c in ch)))
+    return [
+        _Heading(3, "Attribute probes, test_unseen"),
+        _Para(
+            "Which shared attributes each method's embeddings carry: linear probes trained on the "
+            "training split's embeddings, scored on the unseen identities (accuracy, or R² of a "
+            "ridge regression). Mean over seeds ± 95 % half-width; – where the dataset lacks the "
+            "attribute."
+        ),
+        _Table(("model", "modality", *(h for h, _ in PROBE_COLUMNS)), tuple(rows), label_cols=2),
+    ]
+
+
 def _training_table(inputs: ReportInputs) -> _Table:
     rows = []
     for m in inputs.methods:
@@ -764,14 +991,7 @@ def _blocks(
         _Heading(1, TITLE),
         _Para(f"Commit: {provenance.commit}. Date: {provenance.date}."),
     ]
-    best = best_method(inputs)
-    headline = metric(inputs.metrics[best], *HEADLINE)
-    out.append(
-        _Para(
-            f"Methods: {', '.join(inputs.methods)}. Best by 1:2 V→F U on test_unseen: "
-            f"{best} ({_pct(headline)} %)."
-        )
-    )
+    out.append(_Para(f"Methods: {', '.join(inputs.methods)}. {ranking_text(inputs)}"))
     if inputs.oracle is None:
         out.append(
             _Para(
@@ -787,9 +1007,30 @@ def _blocks(
                 "(oracle − chance), 0 at chance and 100 at the oracle."
             )
         )
+    if inputs.ceiling is not None:
+        out.append(
+            _Para(
+                f"{CEILING.capitalize()}: encoders trained on the same training media with the "
+                "ground-truth attributes (gender, nationality, age, build) as labels, voice mapped "
+                "to face the way the oracle maps parameters: how much of the oracle's margin the "
+                "media carry at all."
+            )
+        )
     out += _corpus_blocks(inputs)
     out.append(_Heading(2, "Results"))
-    out.append(_Para("All values in % with one decimal; for EER lower is better."))
+    n = _n_seeds(inputs)
+    out.append(
+        _Para(
+            "All values in % with one decimal; for EER lower is better. "
+            + (
+                f"Methods: mean over {n} training seeds ± the half-width of its 95 % "
+                "t-interval over seeds (same trials for every seed)."
+                if n and n > 1
+                else "Methods: one training seed, so no interval over seeds; see the "
+                "identity-bootstrap intervals below."
+            )
+        )
+    )
     trials = _trials_text(inputs)
     if trials:
         out.append(_Para(trials))
@@ -798,8 +1039,10 @@ def _blocks(
         out.append(_Heading(3, f"{split} ({label})" if label else split))
         out.append(_split_table(inputs, split))
         out.append(_Para(_gallery_text(inputs, split)))
+    out += _verdict_blocks(inputs)
+    out += _probe_blocks(inputs)
     if "test_unseen" in splits_present(inputs):
-        out.append(_Heading(3, "Every protocol and constraint, test_unseen"))
+        out.append(_Heading(3, "Every protocol and constraint, test_unseen (means)"))
         out.append(_long_table(inputs, "test_unseen"))
     out.append(_Heading(2, "Training"))
     out.append(_training_table(inputs))

@@ -240,6 +240,29 @@ TRIALS = TableSchema(
 )
 
 
+# Per-trial outcomes of one scored model (stage evaluate@<method>-<seed>): what the identity
+# bootstrap and the paired comparisons of pipeline/stats.py resample. One row per match or verify
+# trial of the TRIALS table (same key columns), with the probe's identity.
+OUTCOMES = TableSchema(
+    name="outcomes",
+    version=1,
+    schema=pa.schema(
+        [
+            pa.field("split", pa.string(), nullable=False),
+            pa.field("protocol", pa.string(), nullable=False),  # "match" | "verify"
+            pa.field("constraint", pa.string(), nullable=False),
+            pa.field("direction", pa.string(), nullable=False),
+            pa.field("trial", pa.int32(), nullable=False),
+            pa.field("identity", pa.string(), nullable=False),  # the probe clip's identity
+            # match: 1:2 credit (1 right, 0.5 tie, 0 wrong); verify: the cosine score
+            pa.field("value", pa.float64(), nullable=False),
+            pa.field("label", pa.bool_()),  # verify: same identity; null for match
+        ]
+    ),
+    sort_by=("split", "protocol", "constraint", "direction", "trial"),
+)
+
+
 def to_table(frame: pd.DataFrame, spec: TableSchema) -> pa.Table:
     """Conform a frame to ``spec``: exact columns, cast types, sorted rows, schema metadata."""
     names = spec.schema.names

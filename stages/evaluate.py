@@ -1,11 +1,13 @@
-"""DVC stages ``evaluate@<method>`` and ``oracle``: score embeddings on the stored trial lists.
+"""DVC stages ``evaluate@<method>-<seed>`` and ``oracle``: score embeddings on the stored trials.
 
-``--method NAME`` embeds the test clips with ``models/NAME/model.pt``; ``--oracle`` uses the
-synthetic corpus's ground truth instead (the ceiling; on a dataset without ground truth it writes
-``{"available": false}``). Both write ``reports/metrics/<name>.json`` (nested protocol ->
-direction -> constraint -> split), and ``reports/eval/<name>/`` with the 1:N curve and the ROC
-for ``dvc plots`` and a few ranked retrievals for the report. A method's file also gives each
-value as a fraction of the oracle's margin over chance.
+``--method NAME --seed S`` embeds the test clips with ``models/NAME/sS/model.pt`` and writes
+``reports/metrics/seeds/NAME-sS.json`` (nested protocol -> direction -> constraint -> split, and
+each value as a fraction of the oracle's margin over chance) and ``reports/eval/NAME/sS/``: the
+1:N curve and the ROC for ``dvc plots``, a few ranked retrievals for the report, and every trial's
+outcome (``outcomes.parquet``) for the identity bootstrap of the ``aggregate`` stage.
+``--oracle`` uses the synthetic corpus's ground truth instead (the ceiling; on a dataset without
+ground truth it writes ``{"available": false}``) and writes ``reports/metrics/oracle.json`` and
+``reports/eval/oracle/``.
 """
 
 from __future__ import annotations
@@ -28,22 +30,29 @@ from pipeline.evaluate import (
     score,
 )
 from pipeline.params import Params
-from pipeline.schema import MANIFEST, read_table
+from pipeline.schema import MANIFEST, OUTCOMES, read_table, write_table
 from pipeline.train.loop import load_model
 from pipeline.trials import read_trials
 from stages._runtime import prefect_api, stage_params, write_json
-from stages.train import device
+from stages.train import device, model_dir
 
 
-def write_scores(name: str, scores: Scores, metrics_dir: Path, eval_dir: Path) -> None:
-    out = eval_dir / name
+def seed_outputs(name: str, seed: int, metrics_dir: Path, eval_dir: Path) -> tuple[Path, Path]:
+    """(metrics file, evaluation folder) of one scored (model, seed):
+    ``<metrics>/seeds/<name>-s<seed>.json`` and ``<eval>/<name>/s<seed>/``."""
+    return metrics_dir / "seeds" / f"{name}-s{seed}.json", eval_dir / name / f"s{seed}"
+
+
+def write_scores(name: str, scores: Scores, metrics_file: Path, out: Path) -> None:
+    """The metrics file, and in ``out`` the plot tables, ranked examples and trial outcomes."""
     out.mkdir(parents=True, exist_ok=True)
     for file, frame in (("match_curve.csv", scores.match_curve), ("roc.csv", scores.roc)):
         with atomic_path(out / file) as tmp:
             frame.to_csv(tmp, index=False)
     with atomic_path(out / "ranked.json") as tmp:
         tmp.write_text(json.dumps(scores.ranked, indent=1) + "\n")
-    write_json(metrics_dir / f"{name}.json", {"method": name, **scores.metrics})
+    write_table(scores.outcomes, out / "outcomes.parquet", OUTCOMES)
+    write_json(metrics_file, {"method": name, **scores.metrics})
 
 
 def score_and_write(
@@ -51,12 +60,13 @@ def score_and_write(
     emb: Embeddings,
     trials: pd.DataFrame,
     manifest: Path,
-    metrics_dir: Path,
-    eval_dir: Path,
+    metrics_file: Path,
+    eval_out: Path,
     oracle: Path | None,
 ) -> dict[str, Any]:
     """Score ``emb`` on ``trials``, add the oracle fractions (when ``oracle`` has figures) and
-    write the metrics file and plot tables. Returns the metrics."""
+    write the metrics file, plot tables and outcomes (:func:`write_scores`). Returns the
+    metrics."""
     m = read_table(manifest, MANIFEST)
     identity = dict(zip(m["clip_key"], m["identity"], strict=True))
     scores = score(emb, trials, identity)
@@ -64,14 +74,16 @@ def score_and_write(
         ref = json.loads(oracle.read_text())
         if ref.get("available", True):
             scores.metrics["oracle_fraction"] = oracle_fraction(scores.metrics, ref)
-    write_scores(name, scores, metrics_dir, eval_dir)
+    write_scores(name, scores, metrics_file, eval_out)
     return scores.metrics
 
 
 @flow(name="evaluate")
 def evaluate_flow(
-    name: str, params: Params, args: argparse.Namespace, oracle: bool
+    name: str, seed: int | None, params: Params, args: argparse.Namespace
 ) -> dict[str, Any]:
+    """Score the oracle (``seed`` None) or the model of ``name`` trained with ``seed``."""
+    oracle = seed is None
     manifest, trials_path = Path(args.manifest), Path(args.trials)
     trials = read_trials(trials_path)
     keys = sorted(set(trials["probe"]))
@@ -81,9 +93,12 @@ def evaluate_flow(
             write_json(Path(args.metrics) / "oracle.json", out)
             return out
         emb = oracle_embeddings(Path(params.data.root), manifest, keys)
+        metrics_file, eval_out = Path(args.metrics) / "oracle.json", Path(args.eval) / "oracle"
     else:
+        assert seed is not None
         dev = device()
-        enc, _ = load_model(Path(args.models) / name / "model.pt", dev)
+        enc, _ = load_model(Path(model_dir(name, seed, args.models)) / "model.pt", dev)
+        metrics_file, eval_out = seed_outputs(name, seed, Path(args.metrics), Path(args.eval))
         emb = model_embeddings(
             enc,
             manifest,
@@ -93,7 +108,7 @@ def evaluate_flow(
             dev,
         )
     ref = None if oracle else Path(args.metrics) / "oracle.json"
-    return score_and_write(name, emb, trials, manifest, Path(args.metrics), Path(args.eval), ref)
+    return score_and_write(name, emb, trials, manifest, metrics_file, eval_out, ref)
 
 
 def add_eval_arguments(ap: argparse.ArgumentParser) -> None:
@@ -110,7 +125,8 @@ def add_eval_arguments(ap: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--method", help="score models/<method>/model.pt")
+    ap.add_argument("--method", help="score models/<method>/s<seed>/model.pt")
+    ap.add_argument("--seed", type=int, help="the training seed of --method")
     ap.add_argument("--oracle", action="store_true", help="score the ground-truth oracle")
     add_eval_arguments(ap)
     return ap
@@ -120,20 +136,23 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if bool(args.method) == args.oracle:
         raise SystemExit("give exactly one of --method NAME and --oracle")
+    if bool(args.method) != (args.seed is not None):
+        raise SystemExit("--method NAME needs --seed S (and --oracle takes none)")
     name = "oracle" if args.oracle else args.method
     params = stage_params(args.params)
     with prefect_api():
-        res = evaluate_flow(name, params, args, args.oracle)
+        res = evaluate_flow(name, args.seed, params, args)
+    stage = name if args.seed is None else f"{name}-{args.seed}"
     if res.get("available", True):
         u = res["match_1to2"]
         print(
-            f"evaluate@{name}: 1:2 U test_unseen V->F {u['v2f']['U']['test_unseen']:.4f} "
+            f"evaluate@{stage}: 1:2 U test_unseen V->F {u['v2f']['U']['test_unseen']:.4f} "
             f"F->V {u['f2v']['U']['test_unseen']:.4f}; AUC "
             f"{res['verify_auc']['vf']['U']['test_unseen']:.4f}; mAP V->F "
             f"{res['retrieve_map']['v2f']['U']['test_unseen']:.4f}"
         )
     else:
-        print(f"evaluate@{name}: {res['reason']}")
+        print(f"evaluate@{stage}: {res['reason']}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""DVC stage ``lowshot@<method>``: CMPC's low-shot supervision setting for one trained method.
+"""DVC stage ``lowshot@<method>-<seed>``: CMPC's low-shot supervision setting for one trained model.
 
-Draws ``lowshot.fraction`` of the training identities from the seed (the same ones for every
-method), fine-tunes ``models/<method>/model.pt`` on their clips with identity labels
-(:mod:`pipeline.methods.lowshot`; checkpointed and resumable like training), writes
-``models/lowshot/<method>/model.pt``, and scores it on the shared trials as ``lowshot_<method>``.
+Draws ``lowshot.fraction`` of the training identities from ``base.seed`` (the same ones for every
+method and seed), fine-tunes ``models/<method>/s<seed>/model.pt`` on their clips with identity
+labels (:mod:`pipeline.methods.lowshot`; seeded by ``--seed``, checkpointed and resumable like
+training), writes ``models/lowshot/<method>/s<seed>/model.pt``, and scores it on the shared trials
+as ``lowshot_<method>`` (``reports/metrics/seeds/lowshot_<method>-s<seed>.json``).
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from pipeline.params import Params
 from pipeline.train.loop import TrainConfig, load_model, save_model, train
 from pipeline.trials import read_trials
 from stages._runtime import prefect_api, stage_params, write_json
-from stages.evaluate import add_eval_arguments, score_and_write
-from stages.train import device, setup_torch
+from stages.evaluate import add_eval_arguments, score_and_write, seed_outputs
+from stages.train import device, model_dir, setup_torch
 
 
 @flow(name="lowshot")
-def lowshot_flow(method: str, params: Params, args: argparse.Namespace) -> dict[str, Any]:
+def lowshot_flow(
+    method: str, seed: int, params: Params, args: argparse.Namespace
+) -> dict[str, Any]:
     setup_torch()
     ls, t = params.lowshot, params.train
     manifest, faces, voice = Path(args.manifest), Path(args.faces), Path(args.voice)
@@ -41,34 +44,39 @@ def lowshot_flow(method: str, params: Params, args: argparse.Namespace) -> dict[
     labelled = np.sort(rng.choice(len(data.identities), n_ids, replace=False))
     clips = torch.from_numpy(np.flatnonzero(np.isin(data.identity.numpy(), labelled)))
     subset = select_clips(data, clips)
-    base, base_cfg = load_model(Path(args.models) / method / "model.pt", torch.device("cpu"))
+    base, base_cfg = load_model(
+        Path(model_dir(method, seed, args.models)) / "model.pt", torch.device("cpu")
+    )
     cfg = TrainConfig(
         **{
             **asdict(base_cfg),
             "epochs": ls.epochs,
             "lr": ls.lr,
             "batch_size": min(t.batch_size, len(subset)),
+            "seed": seed,
         }
     )
     lp = LowShotParams(ls.tau, n_ids)
-    torch.manual_seed(params.base.seed)
+    torch.manual_seed(seed)
     loss = LowShot(lp, cfg.embed_dim)
     dev = device()
-    out = Path(args.models) / "lowshot" / method
+    out = Path(model_dir(method, seed, str(Path(args.models) / "lowshot")))
     encoders, history = train(
         subset, loss, lp, cfg, out / "state", dev, init=base.state_dict(),
-        progress=lambda r: print(f"lowshot@{method} epoch {int(r['epoch'])}: {r['loss']:.4f}"),
+        progress=lambda r: print(f"lowshot@{method}-{seed} {int(r['epoch'])}: {r['loss']:.4f}"),
     )  # fmt: skip
     save_model(out / "model.pt", cfg, f"lowshot_{method}", encoders)
     emb = model_embeddings(encoders, manifest, faces, voice, t.face_size_px, dev)
     name = f"lowshot_{method}"
+    metrics_file, eval_out = seed_outputs(name, seed, Path(args.metrics), Path(args.eval))
     metrics = score_and_write(
-        name, emb, read_trials(Path(args.trials)), manifest, Path(args.metrics),
-        Path(args.eval), Path(args.metrics) / "oracle.json",
+        name, emb, read_trials(Path(args.trials)), manifest, metrics_file, eval_out,
+        Path(args.metrics) / "oracle.json",
     )  # fmt: skip
     return {
         "metrics": metrics,
         "history": history,
+        "seed": seed,
         "pairs_per_s": round(float(np.mean([h["pairs_per_s"] for h in history])), 1),
         "train_clips": len(subset),
         "labelled_identities": n_ids,
@@ -81,21 +89,25 @@ def lowshot_flow(method: str, params: Params, args: argparse.Namespace) -> dict[
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--method", required=True)
+    ap.add_argument("--seed", type=int, required=True, help="the training seed of the model")
     add_eval_arguments(ap)
-    ap.add_argument("--train", default="reports/train", help="for lowshot_<method>[_history].json")
+    ap.add_argument(
+        "--train", default="reports/train", help="for lowshot_<method>/s<seed>[_history].json"
+    )
     args = ap.parse_args(argv)
     params = stage_params(args.params)
     with prefect_api():
-        res = lowshot_flow(args.method, params, args)
+        res = lowshot_flow(args.method, args.seed, params, args)
     m = res.pop("metrics")
     history = res.pop("history")
     # Beside the training stages' summaries, so the report lists the fine-tuned models too.
-    train_dir = Path(args.train)
-    with atomic_path(train_dir / f"lowshot_{args.method}_history.json") as tmp:
+    train_dir = Path(args.train) / f"lowshot_{args.method}"
+    with atomic_path(train_dir / f"s{args.seed}_history.json") as tmp:
         tmp.write_text(json.dumps(history, indent=1) + "\n")
-    write_json(train_dir / f"lowshot_{args.method}.json", res)
+    write_json(train_dir / f"s{args.seed}.json", res)
     print(
-        f"lowshot@{args.method}: {res['labelled_identities']}/{res['train_identities']} identities "
+        f"lowshot@{args.method}-{args.seed}: "
+        f"{res['labelled_identities']}/{res['train_identities']} identities "
         f"labelled; 1:2 U test_unseen V->F {m['match_1to2']['v2f']['U']['test_unseen']:.4f}"
     )
 

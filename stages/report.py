@@ -18,15 +18,14 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from pipeline.report import (
-    HEADLINE,
     Provenance,
-    best_method,
     build_figures,
     git_commit,
+    leaders,
     load_first_frames,
     load_inputs,
-    metric,
     ranked_clip_keys,
+    ranking_text,
     write_report,
 )
 from stages._runtime import fail, prefect_api, stage_params
@@ -34,8 +33,8 @@ from stages._runtime import fail, prefect_api, stage_params
 
 @dataclass(frozen=True)
 class ReportResult:
-    best: str
-    best_1to2_v2f_u: float | None  # the headline: 1:2 V->F U accuracy on test_unseen
+    leaders: list[str]  # tied for first on the headline by the paired verdicts
+    headline: str  # the ranking sentence
     written: list[str]
 
 
@@ -50,20 +49,21 @@ def report_flow(
     manifest: str,
     faces: str,
     out: str,
+    seed: int,
 ) -> ReportResult:
-    """Load the inputs, draw the figures, write both documents; returns a short summary."""
+    """Load the inputs (curves and examples of training seed ``seed``), draw the figures, write
+    both documents; returns a short summary."""
     log = get_run_logger()
-    inputs = load_inputs(methods, metrics, eval_dir, train, trials, manifest, layout)
+    inputs = load_inputs(methods, metrics, eval_dir, train, trials, manifest, layout, seed)
     frames = load_first_frames(faces, ranked_clip_keys(inputs))
     figures = build_figures(inputs, frames)
     provenance = Provenance(
         commit=git_commit(Path.cwd()), date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     )
     written = write_report(inputs, provenance, figures, out)
-    best = best_method(inputs)
-    headline = metric(inputs.metrics[best], *HEADLINE)
-    log.info("report: %d methods, %d figures; best %s", len(methods), len(figures), best)
-    return ReportResult(best, headline, [str(p) for p in written])
+    lead = leaders(inputs)
+    log.info("report: %d methods, %d figures; leaders %s", len(methods), len(figures), lead)
+    return ReportResult(lead, ranking_text(inputs), [str(p) for p in written])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,15 +99,13 @@ def main(argv: list[str] | None = None) -> None:
                 args.manifest,
                 args.faces,
                 args.out,
+                params.seeds[0],
             )
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
-    headline = result.best_1to2_v2f_u
-    score = "n/a" if headline is None else f"{100 * headline:.1f} %"
     print(
-        f"report: {len(args.methods)} methods, best {result.best} (1:2 V→F U {score}); "
-        f"wrote {Path(args.out) / 'summary.md'}, summary.html and "
-        f"{len(result.written) - 2} figures"
+        f"report: {len(args.methods)} methods. {result.headline}\n"
+        f"Wrote {Path(args.out) / 'summary.md'}, summary.html and {len(result.written) - 2} figures"
     )
 
 

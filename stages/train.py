@@ -1,9 +1,11 @@
-"""DVC stage ``train@<method>``: train one association method on the feature shards.
+"""DVC stage ``train@<method>-<seed>``: train one association method with one training seed.
 
 Loads the training split's (face, voice) pairs, trains the method's encoders with the shared
-loop (seeded, a checkpoint every epoch, resumed after a kill), and writes ``models/<method>/``
+loop (seeded by ``--seed``, one of ``params.yaml``'s ``seeds``: initialisation, batch order,
+k-means; a checkpoint every epoch, resumed after a kill), and writes ``models/<method>/s<seed>/``
 (``model.pt``; ``state/`` keeps the checkpoints across runs for resuming), the per-epoch
-history for ``dvc plots`` and a quick 1:2 voice->face check on unseen identities. ``wen2021``
+history for ``dvc plots`` and a quick 1:2 voice->face check on the validation identities (the
+test splits are for the evaluation stages only). ``wen2021``
 runs its two phases here (the re-weighting run, then the main run with the identity weights
 frozen). The device comes from ``VOXFACE_DEVICE`` (default: CUDA when present, else CPU).
 """
@@ -33,9 +35,11 @@ from pipeline.train.loop import TrainConfig, embed_clips, save_model, train
 from stages._runtime import prefect_api, stage_params, write_json
 
 
-def build_method(name: str, params: Params, data: PairData) -> tuple[torch.nn.Module, object]:
+def build_method(
+    name: str, params: Params, data: PairData, seed: int
+) -> tuple[torch.nn.Module, object]:
     """The method's loss module (seeded, so a classifier's init is reproducible) and params."""
-    torch.manual_seed(params.base.seed)
+    torch.manual_seed(seed)
     if name == "cid":
         p = CIDParams(params.cid.tau)
         return CID(p), p
@@ -48,11 +52,11 @@ def build_method(name: str, params: Params, data: PairData) -> tuple[torch.nn.Mo
     if name == "cmpc":
         c = params.cmpc
         cp = CMPCParams(**{**c.model_dump(), "clusters": tuple(c.clusters)})
-        return CMPC(cp, len(data.videos), params.train.embed_dim, params.base.seed), cp
+        return CMPC(cp, len(data.videos), params.train.embed_dim, seed), cp
     if name == "bipseudo":
         b = params.bipseudo
         bp = BiPseudoParams(**{**b.model_dump(), "clusters": tuple(b.clusters)})
-        return BiPseudo(bp, len(data), params.train.embed_dim, params.base.seed), bp
+        return BiPseudo(bp, len(data), params.train.embed_dim, seed), bp
     raise SystemExit(f"unknown method {name!r}")
 
 
@@ -72,12 +76,12 @@ def device() -> torch.device:
 
 @flow(name="train")
 def train_flow(
-    method_name: str, params: Params, manifest: str, faces: str, voice: str, out: str
+    method_name: str, seed: int, params: Params, manifest: str, faces: str, voice: str, out: str
 ) -> dict[str, Any]:
     t = params.train
     setup_torch()
     data = load_pairs(Path(manifest), Path(faces), Path(voice), ("train",), t.face_size_px)
-    method, mparams = build_method(method_name, params, data)
+    method, mparams = build_method(method_name, params, data, seed)
     cfg = TrainConfig(
         t.epochs,
         t.batch_size,
@@ -87,7 +91,7 @@ def train_flow(
         t.face_encoder,
         t.voice_encoder,
         t.voice_frames,
-        params.base.seed,
+        seed,
         head=getattr(method, "head", "none"),
     )
     dev = device()
@@ -108,14 +112,14 @@ def train_flow(
         train(data, method, mparams, rw_cfg, state / "reweight", dev, progress=show)
         weights = method.weights.detach().clone()
         extra["identities_kept"] = round(float((weights > 0).float().mean()), 4)
-        method, _ = build_method(method_name, params, data)
+        method, _ = build_method(method_name, params, data, seed)
         assert isinstance(method, Wen2021)
         method.freeze(weights)
         mparams = (mparams, weights.tolist())
     encoders, history = train(data, method, mparams, cfg, state / "main", dev, progress=show)
     save_model(Path(out) / "model.pt", cfg, method_name, encoders)
-    # Quick check on unseen identities (the evaluation stage scores the full protocol suite).
-    test = load_pairs(Path(manifest), Path(faces), Path(voice), ("test_unseen",), t.face_size_px)
+    # Quick check on the validation identities (the evaluation stages score the test splits).
+    test = load_pairs(Path(manifest), Path(faces), Path(voice), ("val",), t.face_size_px)
     f, v = embed_clips(encoders, test, dev)
     m = read_table(manifest, MANIFEST).set_index("clip_key")
     gender = m.loc[test.clip_keys, "gender"].fillna("?").to_numpy()
@@ -132,9 +136,10 @@ def train_flow(
         "final_loss": history[-1]["loss"],
         "pairs_per_s": float(np.mean([h["pairs_per_s"] for h in history])),
         "train_clips": len(data),
-        "test_unseen_1to2_v2f_U": round(acc["U"], 4),
-        "test_unseen_1to2_v2f_G": round(acc["G"], 4),
-        "test_unseen_identities": len(test.identities),
+        "seed": seed,
+        "val_1to2_v2f_U": round(acc["U"], 4),
+        "val_1to2_v2f_G": round(acc["G"], 4),
+        "val_identities": len(test.identities),
         **extra,
     }
 
@@ -142,26 +147,32 @@ def train_flow(
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--method", required=True)
+    ap.add_argument("--seed", type=int, required=True, help="training seed (one of `seeds`)")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--manifest", default="data/manifest/clips.parquet")
     ap.add_argument("--faces", default="data/faces")
     ap.add_argument("--voice", default="data/voice")
-    ap.add_argument("--out", default=None, help="default: models/<method>")
+    ap.add_argument("--out", default=None, help="default: models/<method>/s<seed>")
     ap.add_argument("--reports", default="reports/train")
     args = ap.parse_args(argv)
     params = stage_params(args.params)
-    out = args.out or f"models/{args.method}"
+    out = args.out or model_dir(args.method, args.seed)
     with prefect_api():
-        res = train_flow(args.method, params, args.manifest, args.faces, args.voice, out)
+        res = train_flow(args.method, args.seed, params, args.manifest, args.faces, args.voice, out)
     history = res.pop("history")
-    reports = Path(args.reports)
-    with atomic_path(reports / f"{args.method}_history.json") as tmp:
+    reports = Path(args.reports) / args.method
+    with atomic_path(reports / f"s{args.seed}_history.json") as tmp:
         tmp.write_text(json.dumps(history, indent=1) + "\n")
     write_json(
-        reports / f"{args.method}.json",
+        reports / f"s{args.seed}.json",
         {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()},
     )
-    print(f"train@{args.method}: {json.dumps(res)}")
+    print(f"train@{args.method}-{args.seed}: {json.dumps(res)}")
+
+
+def model_dir(method: str, seed: int, root: str = "models") -> str:
+    """Where ``train@<method>-<seed>`` writes: ``models/<method>/s<seed>``."""
+    return f"{root}/{method}/s{seed}"
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pipeline import report as rp
 from pipeline.schema import FACE_FRAMES, MANIFEST, write_table
 
 METHODS = ("alpha", "beta")
+SEED = 1  # the first of the repository's params.yaml `seeds` (the stage shows that one)
 # 1:2 V→F U on test_unseen; the oracle's margin over chance is 0.40.
 HEADLINE = {"alpha": 0.72, "beta": 0.66, "oracle": 0.90}
 PROV = rp.Provenance(commit="abc1234", date="2026-01-01 00:00 UTC")
@@ -86,7 +87,7 @@ def make_inputs(root: Path, oracle: bool = True) -> dict[str, Path]:
     }
     names = (*METHODS, "oracle") if oracle else METHODS
     for m in METHODS:
-        _write(paths["metrics"] / f"{m}.json", _metrics(m, HEADLINE[m]))
+        _write(paths["metrics"] / "aggregate" / f"{m}.json", _metrics(m, HEADLINE[m]))
     if oracle:
         _write(paths["metrics"] / "oracle.json", _metrics("oracle", HEADLINE["oracle"], True))
     else:
@@ -95,7 +96,7 @@ def make_inputs(root: Path, oracle: bool = True) -> dict[str, Path]:
             {"method": "oracle", "available": False, "reason": "no ground truth for voxceleb2"},
         )
     for k, name in enumerate(names):
-        folder = paths["eval"] / name
+        folder = paths["eval"] / name / ("" if name == "oracle" else f"s{SEED}")
         folder.mkdir(parents=True)
         n = np.arange(2, 11)
         acc = 1.0 / n + 0.05 * (k + 1)
@@ -121,13 +122,13 @@ def make_inputs(root: Path, oracle: bool = True) -> dict[str, Path]:
                 for j in range(5)
             ]
             entries.append({"probe": f"{ident}/v1/0", "identity": ident, "ranked": ranked})
-        _write(paths["eval"] / m / "ranked.json", entries)
+        _write(paths["eval"] / m / f"s{SEED}" / "ranked.json", entries)
         _write(
-            paths["train"] / f"{m}.json",
+            paths["train"] / m / f"s{SEED}.json",
             {"final_loss": 0.4224, "pairs_per_s": 280.16, "train_clips": 518},
         )
         history = [{"epoch": float(e), "loss": 4.0 - 0.1 * e, "instance": 1.0} for e in (1, 2, 3)]
-        _write(paths["train"] / f"{m}_history.json", history)
+        _write(paths["train"] / m / f"s{SEED}_history.json", history)
     _write(
         paths["trials"],
         {"seed": 1, "splits": {"test_unseen": {"identities": 6, "clips": 12}, "test_seen": {}}},
@@ -184,6 +185,7 @@ def load(paths: dict[str, Path]) -> rp.ReportInputs:
         paths["trials"],
         paths["manifest"],
         "synth",
+        SEED,
     )
 
 
@@ -340,11 +342,11 @@ def test_first_frame_of_each_clip_is_shown(inputs_dir: dict[str, Path]) -> None:
 
 def test_missing_inputs_raise_naming_the_file(tmp_path: Path) -> None:
     paths = make_inputs(tmp_path)
-    (paths["eval"] / "beta" / "roc.csv").unlink()
-    with pytest.raises(FileNotFoundError, match=r"beta/roc\.csv"):
+    (paths["eval"] / "beta" / f"s{SEED}" / "roc.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"beta/s1/roc\.csv"):
         load(paths)
-    (paths["metrics"] / "alpha.json").unlink()
-    with pytest.raises(FileNotFoundError, match=r"metrics/alpha\.json: not found"):
+    (paths["metrics"] / "aggregate" / "alpha.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"aggregate/alpha\.json: not found"):
         load(paths)
     with pytest.raises(FileNotFoundError, match="faces-"):
         rp.load_first_frames(tmp_path / "nowhere", ["x"])
@@ -389,7 +391,69 @@ def test_stage_main_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixt
     with prefect_api():  # one server for both runs
         main(args)
         assert (out / "summary.md").is_file() and (out / "figures/ranked_alpha.png").is_file()
-        assert "best alpha (1:2 V→F U 72.0 %)" in capsys.readouterr().out
+        assert "Ranking: no paired verdicts available" in capsys.readouterr().out
         with pytest.raises(SystemExit):
             main([*args, "--trials", str(tmp_path / "missing.json")])
     assert "missing.json: not found" in capsys.readouterr().err
+
+
+def _with_intervals(paths: dict[str, Path], tied: bool) -> rp.ReportInputs:
+    """The fake inputs plus an aggregate leaf with intervals, probes, verdicts and a ceiling."""
+    agg = paths["metrics"] / "aggregate"
+    a = json.loads((agg / "alpha.json").read_text())
+    a["n_seeds"] = 3
+    a["match_1to2"]["v2f"]["U"]["test_unseen"] = {
+        "mean": 0.72, "n": 3, "std": 0.01, "half_width": 0.0248, "ci95_low": 0.6952,
+        "ci95_high": 0.7448, "boot95_low": 0.65, "boot95_high": 0.79,
+    }  # fmt: skip
+    a["probes"] = {
+        "face": {"gender_acc": {"mean": 0.97, "half_width": 0.01}, "gender_acc_chance": 0.53},
+        "voice": {"gender_acc": {"mean": 0.99, "half_width": 0.005}},
+    }
+    _write(agg / "alpha.json", a)
+    b = json.loads((agg / "beta.json").read_text())
+    b["n_seeds"] = 3
+    _write(agg / "beta.json", b)
+    verdict = "not distinguishable" if tied else "worse"
+    beta_vs_top = {
+        "difference": -0.06, "ci95_low": -0.09 if not tied else -0.12,
+        "ci95_high": -0.03 if not tied else 0.01, "verdict": verdict,
+    }  # fmt: skip
+    head = {
+        "means": {"alpha": 0.72, "beta": 0.66},
+        "top": "alpha",
+        "vs_reference": {"beta": beta_vs_top},
+        "vs_top": {"beta": beta_vs_top},
+        "tied_for_first": ["alpha", "beta"] if tied else ["alpha"],
+    }
+    _write(
+        agg / "verdicts.json",
+        {"reference": "alpha", "metrics": {"match_1to2": {"v2f": {"U": {"test_unseen": head}}}}},
+    )
+    ceiling = _metrics("ceiling", 0.86, oracle=True)
+    ceiling["attributes"] = {"face": {"gender_acc": 0.99}}
+    _write(paths["metrics"] / "ceiling.json", ceiling)
+    return load(paths)
+
+
+def test_intervals_ties_ceiling_and_probes(tmp_path: Path) -> None:
+    tied = _with_intervals(make_inputs(tmp_path / "t"), tied=True)
+    md = rp.summary_markdown(tied, PROV)
+    rows = _rows(md, "test_unseen (unseen-unheard)")
+    assert rows["alpha"][0] == "72.0 ± 2.5" and rows["beta"][0] == "66.0"
+    assert rows[rp.CEILING][0] == "86.0" and rows[rp.CEILING][-1] == "90.0"
+    assert "tied for first: alpha 72.0, beta 66.0 — not distinguishable" in md
+    assert "3 training seeds per method" in md
+    assert "Best by" not in md and rp.leaders(tied) == ["alpha", "beta"]
+    assert "| 1:2 V→F U | alpha (top) | 72.0 | [69.5, 74.5] | [65.0, 79.0] |" in md
+    assert "| 1:2 V→F U | beta | 66.0 | – | – | -6.0 [-12.0, 1.0] | not distinguishable |" in md
+    probes = _rows(md, "Attribute probes")
+    assert "| alpha | face | 0.97 ± 0.01 | – | – | – |" in md
+    assert probes["alpha"] == ["voice", "0.99 ± 0.01", "–", "–", "–"]  # rounded to 2 places
+    assert probes[rp.CEILING] == ["face", "0.99", "–", "–", "–"]
+    assert probes["chance"][1] == "0.53"
+    ahead = _with_intervals(make_inputs(tmp_path / "a"), tied=False)
+    md2 = rp.summary_markdown(ahead, PROV)
+    assert "first: alpha 72.0, ahead of every other method at 95 %" in md2
+    assert "Behind: beta." in md2 and rp.leaders(ahead) == ["alpha"]
+    assert "| 1:2 V→F U | beta | 66.0 |" in md2 and "worse" in md2

@@ -1,0 +1,65 @@
+"""DVC stage ``aggregate``: every scored model's figures over seeds, and the paired verdicts.
+
+Reads ``reports/metrics/seeds/<name>-s<seed>.json`` and ``reports/eval/<name>/s<seed>/outcomes.
+parquet`` for every method in ``methods`` and ``lowshot_<method>`` in ``lowshot.methods``, and
+every seed in ``seeds``; writes ``reports/metrics/aggregate/<name>.json`` (per metric: mean, sd,
+95 % interval over seeds, 95 % identity-bootstrap interval; :mod:`pipeline.aggregate`) and
+``reports/metrics/aggregate/verdicts.json`` (each method against ``compare.reference`` and the top
+method: paired difference, 95 % interval, verdict; the methods tied for first; low-shot gains).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from pipeline.aggregate import TrialStats, aggregate_one, load_scored, verdicts
+from pipeline.atomic import atomic_dir
+from pipeline.params import Params
+from stages._runtime import fail, prefect_api, stage_params, write_json
+
+
+@flow(name="aggregate")
+def aggregate_flow(params: Params, metrics: Path, eval_dir: Path, out: Path) -> dict[str, Any]:
+    methods = list(params.methods)
+    lowshot = [m for m in params.lowshot.methods if m in methods]
+    names = methods + [f"lowshot_{m}" for m in lowshot]
+    try:
+        scored = [load_scored(n, list(params.seeds), metrics, eval_dir) for n in names]
+    except FileNotFoundError as e:
+        fail(str(e))
+    ts = TrialStats(scored)
+    n_boot, seed = params.compare.bootstrap, params.base.seed
+    files = {sc.name: aggregate_one(sc, ts, n_boot, seed) for sc in scored}
+    reference = params.compare.reference if params.compare.reference in methods else methods[0]
+    files["verdicts"] = verdicts(methods, lowshot, reference, ts, n_boot, seed)
+    with atomic_dir(out) as tmp:
+        for name, payload in files.items():
+            write_json(tmp / f"{name}.json", payload)
+    return files["verdicts"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--metrics", default="reports/metrics")
+    ap.add_argument("--eval", default="reports/eval")
+    ap.add_argument("--out", default="reports/metrics/aggregate")
+    args = ap.parse_args(argv)
+    params = stage_params(args.params)
+    with prefect_api():
+        v = aggregate_flow(params, Path(args.metrics), Path(args.eval), Path(args.out))
+    head = v["metrics"].get("match_1to2", {}).get("v2f", {}).get("U", {}).get("test_unseen")
+    if head:
+        means = ", ".join(f"{m} {100 * x:.1f}" for m, x in head["means"].items())
+        print(
+            f"aggregate: 1:2 V->F U test_unseen means {means}; "
+            f"tied for first: {', '.join(head['tied_for_first'])}"
+        )
+
+
+if __name__ == "__main__":
+    main()
