@@ -1,6 +1,6 @@
-"""cmpc: the loss against a plain loop from METHODS.md §2, the cid special case, recalibration
-weights and concentrations on hand-made inputs, the memory bank, gradients and the
-published-code flag."""
+"""cmpc: the loss against a plain loop of the paper's equations, the published-code flag against a
+plain loop of the released code's formulas, the cid special case, recalibration weights and
+concentrations on hand-made inputs, the memory bank, gradients and the flag's cluster reset."""
 
 from __future__ import annotations
 
@@ -91,6 +91,61 @@ def plain_loop_cmpc(
     loss_vf = sum(w[i] * (inst(v, f, i) + proto_term(v, "face", i)) for i in range(b)) / sum(w)
     loss_fv = sum(w[i] * (inst(f, v, i) + proto_term(f, "voice", i)) for i in range(b)) / sum(w)
     return 0.5 * (loss_vf + loss_fv)
+
+
+def plain_loop_cmpc_released(
+    model: CMPC, face: list[list[float]], voice: list[list[float]], video: list[int]
+) -> float:
+    """The released code's loss, step by step: logits rearranged as [positive, negatives j ≠ i
+    in order]; in the prototype term column c divided by the φ of batch item c's prototype and
+    the running sum over granularities divided by 4 (the entries of its clustering-result dict)
+    after each one; ρ from un-normalised centroids (the means of each cluster's memory rows);
+    both directions summed."""
+    p = model.params
+    b, r_count = len(face), len(p.clusters)
+    f = [unit(x) for x in face]
+    v = [unit(x) for x in voice]
+    memory = {
+        "face": model.memory_face.memory.tolist(),
+        "voice": model.memory_voice.memory.tolist(),
+    }
+
+    def rearranged(row: list[float], i: int) -> list[float]:
+        return [row[i]] + [row[j] for j in range(b) if j != i]
+
+    def ce_first(logits: list[float]) -> float:
+        return -logits[0] + math.log(sum(math.exp(z) for z in logits))
+
+    def inst(a: list[list[float]], o: list[list[float]], i: int) -> float:
+        row = rearranged([dot(a[i], o[j]) for j in range(b)], i)
+        return ce_first([z / p.tau for z in row])
+
+    def proto_term(a: list[list[float]], other: str, i: int) -> float:
+        total = 0.0
+        for r in range(r_count):
+            cent, phi, assign = model.clusters(other, r)
+            ks = [int(assign[video[j]]) for j in range(b)]
+            row = rearranged([dot(a[i], unit(cent[ks[j]].tolist())) for j in range(b)], i)
+            logits = [row[c] / float(phi[ks[c]]) for c in range(b)]
+            total += ce_first(logits)
+            total /= 4
+        return total
+
+    def member_mean(m: str, r: int, item: int) -> list[float]:
+        assign = model.clusters(m, r)[2].tolist()
+        rows = [memory[m][n] for n in range(len(assign)) if assign[n] == assign[item]]
+        return [sum(col) / len(rows) for col in zip(*rows, strict=True)]
+
+    rho = []
+    for i in range(b):
+        s = dot(v[i], f[i])
+        for r in range(r_count):
+            s -= dot(member_mean("voice", r, video[i]), member_mean("face", r, video[i]))
+        rho.append(s)
+    w = plain_weights(rho, p.delta, p.kappa)
+    loss_vf = sum(w[i] * (inst(v, f, i) + proto_term(v, "face", i)) for i in range(b)) / sum(w)
+    loss_fv = sum(w[i] * (inst(f, v, i) + proto_term(f, "voice", i)) for i in range(b)) / sum(w)
+    return loss_vf + loss_fv
 
 
 def clustered_model(seed: int = 0, **kw: object) -> CMPC:
@@ -258,3 +313,65 @@ def test_refresh_clusters_each_memory_by_the_formulas() -> None:
             assert phi.tolist() == pytest.approx(
                 (0.2 * clipped / clipped.mean()).tolist(), rel=1e-4
             )
+
+
+@pytest.mark.parametrize("clusters", [(2, 3), (3,), (2, 3, 4)])
+def test_published_code_matches_the_released_formulas(clusters: tuple[int, ...]) -> None:
+    model = clustered_model(published_code=True, clusters=clusters)
+    model.eval()
+    face, voice, video = batch()
+    got = model.loss_terms(face, voice, video)["loss"]
+    want = plain_loop_cmpc_released(model, face.tolist(), voice.tolist(), video.tolist())
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=1e-9, atol=0.0)
+    # The un-normalised centroids the released ρ uses are shorter than the unit prototypes.
+    for m in ("face", "voice"):
+        for r in range(len(clusters)):
+            assert (model.member_means(m, r).norm(dim=1) < 1 - 1e-6).any()
+
+
+def test_published_code_prototype_term_closed_form() -> None:
+    """With every φ equal the rearranged columns do not matter, so the released prototype term is
+    the paper's per-granularity terms l_r folded as ((l_1 / 4) + l_2) / 4."""
+    model = clustered_model(published_code=True)
+    _, voice, video = batch()
+    a = torch.nn.functional.normalize(voice, dim=1)
+    per_r = []
+    for r in range(2):
+        cent, phi, assign = model.clusters("face", r)
+        phi.fill_(0.25)
+        k = assign[video]
+        per_r.append(
+            torch.nn.functional.cross_entropy(
+                a @ cent[k].T / 0.25, torch.arange(6), reduction="none"
+            )
+        )
+    got = model.prototype_contrast(voice, "face", video)
+    torch.testing.assert_close(got, (per_r[0] / 4 + per_r[1]) / 4)
+
+
+def test_published_code_flag_changes_the_loss() -> None:
+    face, voice, video = batch()
+    paper, released = clustered_model(), clustered_model(published_code=True)
+    paper.eval()
+    released.eval()
+    for name in ("face", "voice"):  # one clustering for both modes
+        for r in range(2):
+            for got, want in zip(released.clusters(name, r), paper.clusters(name, r), strict=True):
+                assert torch.equal(got, want)
+    lp = paper.loss_terms(face, voice, video)["loss"].item()
+    lr = released.loss_terms(face, voice, video)["loss"].item()
+    assert lp == pytest.approx(
+        plain_loop_cmpc(paper, face.tolist(), voice.tolist(), video.tolist()), rel=1e-9
+    )  # flag off: the paper, unchanged
+    assert lr != pytest.approx(lp, rel=1e-3) and lr != pytest.approx(2 * lp, rel=1e-3)
+    # Each part on its own differs too: prototypes only (the /4, the φ columns, the sum) and
+    # recalibration only (the un-normalised centroids in ρ, the sum).
+    for kw in (dict(recalibration=False), dict(prototypes=False)):
+        p_off, p_on = clustered_model(**kw), clustered_model(published_code=True, **kw)
+        a = p_off.loss_terms(face, voice, video)["loss"].item()
+        b = p_on.loss_terms(face, voice, video)["loss"].item()
+        assert b != pytest.approx(2 * a, rel=1e-4)
+    # Before the first clustering the released loss is the sum of both directions: 2 × cid.
+    fresh = CMPC(params(published_code=True), num_videos=8, dim=4, seed=0).double()
+    cid = CID(CIDParams(0.3))(face, voice)["loss"]
+    torch.testing.assert_close(fresh.loss_terms(face, voice, video)["loss"], 2 * cid)

@@ -1,5 +1,6 @@
-"""wen2021: the loss against a plain loop from METHODS.md §1, closed forms, gradients, the
-published-code flag, and the re-weighting schedule on hand-made hardness values."""
+"""wen2021: the loss against a plain loop of the paper's formulas, the published-code flag against
+a plain loop of the released code's formulas, closed forms, gradients, and the re-weighting
+schedule on hand-made hardness values."""
 
 from __future__ import annotations
 
@@ -11,6 +12,27 @@ import torch
 from pipeline.methods.wen2021 import IdentityReweighting, Wen2021, Wen2021Params, local_alignment
 
 
+def _dot(a: list[float], b: list[float]) -> float:
+    return sum(x * z for x, z in zip(a, b, strict=True))
+
+
+def _unit(a: list[float]) -> list[float]:
+    n = math.sqrt(_dot(a, a))
+    return [x / n for x in a]
+
+
+def _ce(w_cls: list[list[float]], x: list[float], label: int) -> float:
+    logits = [_dot(row, x) for row in w_cls]
+    return -logits[label] + math.log(sum(math.exp(z) for z in logits))
+
+
+def _local(anchor: list[list[float]], other: list[list[float]], i: int) -> float:
+    s = [_dot(anchor[i], _unit(o)) for o in other]
+    return math.log(
+        1 + sum(math.exp((0 if j == i else 1) * (s[j] - s[i])) for j in range(len(s))) + 3.4
+    )
+
+
 def plain_loop_wen(
     face: list[list[float]],
     voice: list[list[float]],
@@ -18,33 +40,41 @@ def plain_loop_wen(
     y: list[int],
     weights: list[float],
 ) -> float:
-    def dot(a: list[float], b: list[float]) -> float:
-        return sum(x * z for x, z in zip(a, b, strict=True))
-
-    def unit(a: list[float]) -> list[float]:
-        n = math.sqrt(dot(a, a))
-        return [x / n for x in a]
-
-    def ce(x: list[float], label: int) -> float:
-        logits = [dot(row, x) for row in w_cls]
-        return -logits[label] + math.log(sum(math.exp(z) for z in logits))
-
-    def local(anchor: list[list[float]], other: list[list[float]], i: int) -> float:
-        s = [dot(anchor[i], unit(o)) for o in other]
-        return math.log(
-            1 + sum(math.exp((0 if j == i else 1) * (s[j] - s[i])) for j in range(len(s))) + 3.4
-        )
-
+    """The paper: mean_i w_{y_i} (CE_f,i + CE_v,i + ½ (l_i(v→f) + l_i(f→v)))."""
     b = len(face)
     total = 0.0
     for i in range(b):
         term = (
-            ce(face[i], y[i])
-            + ce(voice[i], y[i])
-            + 0.5 * (local(voice, face, i) + local(face, voice, i))
+            _ce(w_cls, face[i], y[i])
+            + _ce(w_cls, voice[i], y[i])
+            + 0.5 * (_local(voice, face, i) + _local(face, voice, i))
         )
         total += weights[y[i]] * term
     return total / b
+
+
+def plain_loop_wen_released(
+    face: list[list[float]],
+    voice: list[list[float]],
+    w_cls: list[list[float]],
+    y: list[int],
+    weights: list[float],
+) -> float:
+    """The released code, term by term: each identity classifier's cross-entropy is averaged over
+    the batch and then multiplied by the batch's weights and averaged again (a scalar times a
+    vector, then the mean); the local term is multiplied sample by sample by the weights and
+    averaged; a batch whose weights sum below 1e-3 gets weights + 1."""
+    b = len(face)
+    w = [weights[c] for c in y]
+    if sum(w) < 1e-3:
+        w = [x + 1 for x in w]
+    loss = 0.0
+    for x in (face, voice):
+        ce_mean = sum(_ce(w_cls, x[i], y[i]) for i in range(b)) / b
+        loss += sum(ce_mean * w[i] for i in range(b)) / b
+    local = [0.5 * _local(voice, face, i) + 0.5 * _local(face, voice, i) for i in range(b)]
+    loss += sum(local[i] * w[i] for i in range(b)) / b
+    return loss
 
 
 PARAMS = Wen2021Params(
@@ -75,15 +105,72 @@ def test_loss_matches_the_plain_loop() -> None:
     assert got == pytest.approx(want, rel=1e-10)
 
 
-def test_published_code_flag_uses_batch_mean_weight() -> None:
+PUBLISHED = Wen2021Params(
+    published_code=True, reweight_epochs=1, warmup=500, every=100, initial_hardness=100.0
+)
+
+
+def _loops(model: Wen2021, face: torch.Tensor, voice: torch.Tensor, y: torch.Tensor) -> float:
+    loop = plain_loop_wen_released if model.params.published_code else plain_loop_wen
+    return loop(
+        face.tolist(),
+        voice.tolist(),
+        model.classifier.weight.tolist(),
+        y.tolist(),
+        model.weights.tolist(),
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_published_code_matches_the_released_formulas(seed: int) -> None:
+    face, voice, y, model = _setup(seed)
+    model.params = PUBLISHED
+    got = model.loss_terms(face, voice, y)["loss"]
+    want = torch.tensor(_loops(model, face, voice, y), dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=0.0)
+
+
+def test_published_code_batch_of_switched_off_identities_gets_weights_plus_one() -> None:
+    face, voice, _, model = _setup()
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    model.freeze(torch.tensor([0.0, 0.0, 0.0, 4.0]))  # every identity of the batch off
+    assert model.loss_terms(face, voice, y)["loss"].item() == 0.0  # paper: no signal
+    model.params = PUBLISHED
+    got = model.loss_terms(face, voice, y)["loss"]
+    torch.testing.assert_close(
+        got, torch.tensor(_loops(model, face, voice, y), dtype=torch.float64), rtol=1e-10, atol=0.0
+    )
+    t = model.per_sample(face, voice, y)  # weights 0 + 1: the unweighted batch means
+    unweighted = t["ce_face"].mean() + t["ce_voice"].mean() + t["local"].mean()
+    torch.testing.assert_close(got, unweighted)
+
+
+def test_published_code_flag_changes_the_loss_only_with_uneven_weights() -> None:
     face, voice, y, model = _setup()
-    t = model.per_sample(face, voice, y)
-    total = t["ce_face"] + t["ce_voice"] + t["local"]
     paper = model.loss_terms(face, voice, y)["loss"].item()
-    model.params = Wen2021Params(True, 1, 500, 100, 100.0)
-    quirk = model.loss_terms(face, voice, y)["loss"].item()
-    assert quirk == pytest.approx((total.mean() * model.weights[y].mean()).item())
-    assert quirk != pytest.approx(paper)
+    assert paper == pytest.approx(_loops(model, face, voice, y), rel=1e-10)  # flag off: the paper
+    model.params = PUBLISHED
+    released = model.loss_terms(face, voice, y)["loss"].item()
+    assert released != pytest.approx(paper, rel=1e-3)
+    # The released local term is weighted per sample: not the old batch-mean quirk either.
+    t = model.per_sample(face, voice, y)
+    batch_mean = (
+        (t["ce_face"] + t["ce_voice"] + t["local"]).mean() * model.weights[y].mean()
+    ).item()
+    assert released != pytest.approx(batch_mean, rel=1e-3)
+    model.freeze(torch.ones(4))  # equal weights: both modes are the plain mean
+    model.params = PARAMS
+    even = model.loss_terms(face, voice, y)["loss"]
+    model.params = PUBLISHED
+    torch.testing.assert_close(model.loss_terms(face, voice, y)["loss"], even)
+
+
+def test_published_code_gradient_check() -> None:
+    face, voice, y, model = _setup(1)
+    model.params = PUBLISHED
+    f = face.clone().requires_grad_(True)
+    v = voice.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: model.loss_terms(a, b, y)["loss"], (f, v))
 
 
 def test_local_alignment_closed_form() -> None:

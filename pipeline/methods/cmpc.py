@@ -1,6 +1,6 @@
 """``cmpc``: Zhu et al., IJCAI 2022, "cross-modal prototype contrast" (unsupervised).
 
-Follows METHODS.md §2 (the paper's equations):
+The paper's equations (the default, ``published_code=False``):
 
 - **Memory bank**: one row per training video and modality, ``m ← normalise(0.5 m + 0.5 ẑ)``
   after every batch (:class:`~pipeline.methods.clusters.MemoryBank`).
@@ -18,18 +18,32 @@ Follows METHODS.md §2 (the paper's equations):
   to ``ρ_i``, normalised to end at 1 (:func:`recalibration_weights`). Per direction
   ``L = Σ w_i (l_inst,i + l_proto,i) / Σ w_i``; the loss is the mean of both directions, so with
   prototypes and recalibration off (or before the first clustering) it *is* ``cid``.
+- Clusters are kept until the next refresh.
 
-Choices where the paper is silent: ρ uses the L2-normalised centroids (the released code's are
-not normalised); several clips of one video in a batch update its memory row with their mean (the
-released code: the last write wins); clips of one video in a batch share their prototypes and are
-negatives of each other in the instance term, as in the paper's per-sample formulation.
+Choices where the paper is silent: ρ uses the L2-normalised centroids; several clips of one video
+in a batch update its memory row with their mean (the released code: the last write wins); clips
+of one video in a batch share their prototypes and are negatives of each other in the instance
+term, as in the paper's per-sample formulation.
 
-Clusters are kept until the next refresh (paper). ``published_code=True`` reproduces the released
-loop instead, which resets the assignments after one batch: prototypes and weights then act only
-on the first batch after each refresh. Other differences of the released code that are *not*
-reproduced: its prototype loss divides by the number of granularities inside the loop over them,
-sums the two directions instead of averaging them, and clusters with keops Lloyd iterations
-initialised at the first K rows rather than faiss.
+``published_code=True`` reproduces the loss and loop of the code released with the paper:
+
+1. Clusters act on one batch per refresh: the released loop passes the clustering to the loss
+   only on the batch where it was computed, so prototypes and weights then act only on the first
+   batch after each refresh.
+2. The prototype term accumulates over the granularities and divides the running sum by 4 (the
+   number of entries of the released clustering result: assignments, centroids, distances,
+   concentrations) inside the loop: ``P_0 = 0``, ``P_r = (P_{r−1} + l_r) / 4``, whatever R is.
+3. In each prototype softmax the positive is moved to column 0 and the negatives ``j ≠ i`` follow
+   in order, *then* column ``c`` is divided by ``φ_{k(c)}``, the concentration of the prototype of
+   batch item ``c``: row i's positive takes item 0's φ and its negatives take shifted φs.
+4. ρ uses un-normalised centroids: the mean of each cluster's memory rows at the refresh (what
+   the released Lloyd iteration returns as the centroid of its returned assignment).
+5. The two directions are summed, not averaged (so before the first clustering it is 2 × ``cid``).
+
+Differences of the released code that are *not* reproduced: it clusters with keops Lloyd
+iterations initialised at the first K rows rather than faiss (its prototypes are the normalised
+member means, ours faiss's normalised centroids); its weights are NaN when every ρ of a batch is
+equal (ours: 1); its argsort of ρ is not stable under ties.
 """
 
 from __future__ import annotations
@@ -45,13 +59,16 @@ from torch import nn
 from pipeline.methods.clusters import MemoryBank, cluster_memories, concentration
 from pipeline.methods.common import cross_modal_info_nce, two_way_loss
 
+PUBLISHED_PROTO_DIVISOR = 4  # entries of the released code's clustering-result dict
+
 
 @dataclass(frozen=True)
 class CMPCParams:
     """``clusters``: K per granularity; ``start_epoch`` (0-based) / ``every_epochs``: when the
     memory is clustered; ``delta`` / ``kappa``: the recalibration Gaussian; ``phi_mean``: the
     concentrations' mean; ``prototypes`` / ``recalibration``: switch the parts off (both off =
-    ``cid``)."""
+    ``cid``; with ``published_code``, 2 × ``cid``); ``published_code``: the released code's loss
+    and loop (module docstring)."""
 
     tau: float
     clusters: tuple[int, ...]
@@ -119,6 +136,8 @@ class CMPC(nn.Module):
                 self.register_buffer(f"{m}_centroids_{r}", torch.zeros(k, dim))
                 self.register_buffer(f"{m}_phi_{r}", torch.ones(k))
                 self.register_buffer(f"{m}_assign_{r}", torch.zeros(num_videos, dtype=torch.long))
+                if params.published_code:  # the un-normalised centroids for ρ
+                    self.register_buffer(f"{m}_means_{r}", torch.zeros(k, dim))
         self.live: torch.Tensor  # 1 while the clusters act on batches
         self.register_buffer("live", torch.zeros((), dtype=torch.long))
         self.refreshes: torch.Tensor
@@ -132,12 +151,18 @@ class CMPC(nn.Module):
             getattr(self, f"{modality}_assign_{r}"),
         )
 
+    def member_means(self, modality: str, r: int) -> torch.Tensor:
+        """``published_code``: the mean memory row of each cluster at the last refresh. (K, d)."""
+        means: torch.Tensor = getattr(self, f"{modality}_means_{r}")
+        return means
+
     @torch.no_grad()
     def refresh(self) -> None:
         """k-means on each modality's memory at every granularity; φ per cluster."""
         p = self.params
         seed = self.seed + 1000 * int(self.refreshes)
         banks = (self.memory_face, self.memory_voice)
+        bank_of = {"face": self.memory_face, "voice": self.memory_voice}
         for m, per_k in zip(
             ("face", "voice"),
             cluster_memories(banks, p.clusters, seed, p.kmeans_iters),
@@ -148,6 +173,14 @@ class CMPC(nn.Module):
                 cent.copy_(c.centroids)
                 phi.copy_(concentration(c, k, p.phi_mean))
                 assign.copy_(c.assign)
+                if p.published_code:
+                    memory = bank_of[m].memory
+                    total = torch.zeros(
+                        k, memory.shape[1], dtype=memory.dtype, device=memory.device
+                    )
+                    total.index_add_(0, c.assign, memory)
+                    count = torch.bincount(c.assign, minlength=k).clamp(min=1)
+                    self.member_means(m, r).copy_(total / count[:, None].to(memory.dtype))
         self.refreshes += 1
         self.live.fill_(1)
 
@@ -164,6 +197,8 @@ class CMPC(nn.Module):
         """Per-anchor ``mean_r −log softmax_j(⟨â_i, c_{r,k(j)}⟩ / φ_{r,k(j)})[i]`` against modality
         ``other``'s prototypes of the batch's videos. anchor (B, d), video (B,) -> (B,)."""
         a = F.normalize(anchor, dim=1)  # (B, d)
+        if self.params.published_code:
+            return self.published_prototype_contrast(a, other, video)
         target = torch.arange(len(a), device=a.device)
         terms = []
         for r in range(len(self.params.clusters)):
@@ -173,13 +208,38 @@ class CMPC(nn.Module):
             terms.append(F.cross_entropy(logits, target, reduction="none"))
         return torch.stack(terms).mean(0)
 
+    def published_prototype_contrast(
+        self, a: torch.Tensor, other: str, video: torch.Tensor
+    ) -> torch.Tensor:
+        """The released code's prototype term (module docstring, items 2 and 3). a: (B, d)
+        normalised anchors, video (B,) -> (B,)."""
+        b = len(a)
+        cols = torch.arange(b, device=a.device)
+        off = ~torch.eye(b, dtype=torch.bool, device=a.device)
+        # Row i: column 0 = i (the positive), then every j ≠ i in increasing order.
+        order = torch.cat([cols[:, None], cols.expand(b, b)[off].view(b, b - 1)], dim=1)
+        target = torch.zeros(b, dtype=torch.long, device=a.device)
+        out = torch.zeros(b, dtype=a.dtype, device=a.device)
+        for r in range(len(self.params.clusters)):
+            cent, phi, assign = self.clusters(other, r)
+            k = assign[video]  # (B,)
+            proto = F.normalize(cent[k], dim=1)  # as the released code (ours are unit already)
+            logits = (a @ proto.T).gather(1, order) / phi[k][None, :]  # φ of item c on column c
+            out = (out + F.cross_entropy(logits, target, reduction="none")) / (
+                PUBLISHED_PROTO_DIVISOR
+            )
+        return out
+
     def rho(self, face: torch.Tensor, voice: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
-        """``ρ_i = ⟨v̂_i, f̂_i⟩ − Σ_r ⟨c^v_{r,k_v(i)}, c^f_{r,k_f(i)}⟩`` (detached). -> (B,)."""
+        """``ρ_i = ⟨v̂_i, f̂_i⟩ − Σ_r ⟨c^v_{r,k_v(i)}, c^f_{r,k_f(i)}⟩`` (detached; with
+        ``published_code`` the centroids are the un-normalised member means). -> (B,)."""
         pair = (F.normalize(voice.detach(), dim=1) * F.normalize(face.detach(), dim=1)).sum(1)
         proto = torch.zeros_like(pair)
         for r in range(len(self.params.clusters)):
             cv, _, av = self.clusters("voice", r)
             cf, _, af = self.clusters("face", r)
+            if self.params.published_code:  # un-normalised centroids
+                cv, cf = self.member_means("voice", r), self.member_means("face", r)
             proto = proto + (cv[av[video]] * cf[af[video]]).sum(1)
         return pair - proto
 
@@ -198,6 +258,8 @@ class CMPC(nn.Module):
         if use and p.recalibration:
             w = recalibration_weights(self.rho(face, voice, video), p.delta, p.kappa)
         loss = two_way_loss(inst_vf + proto_vf, inst_fv + proto_fv, w)
+        if p.published_code:
+            loss = 2.0 * loss  # the sum of both directions (2 × their mean, exactly)
         if self.training:
             self.memory_face.update(video, face)
             self.memory_voice.update(video, voice)

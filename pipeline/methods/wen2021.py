@@ -1,6 +1,6 @@
 """``wen2021``: Wen et al., CVPR 2021, "Seeking the Shape of Sound" (supervised).
 
-Two-level modality alignment plus dynamic identity re-weighting (METHODS.md §1):
+Two-level modality alignment plus dynamic identity re-weighting:
 
 - **Global alignment**: one bias-free linear classifier ``W ∈ R^{C×d}`` shared by both
   modalities over the C training identities, per sample ``CE(W f_i, y_i) + CE(W v_i, y_i)``.
@@ -9,9 +9,14 @@ Two-level modality alignment plus dynamic identity re-weighting (METHODS.md §1)
   of the published code plus the j = i term, exp(0) = 1, plus 1), and ``l_i(f→v)`` with the roles
   swapped.
 - **Identity weights** ``w_c`` (see :class:`IdentityReweighting`) scale each sample's terms:
-  ``L = mean_i w_{y_i} · [CE_f,i + CE_v,i + ½ (l_i(v→f) + l_i(f→v))]`` (paper).
-  ``published_code=True`` reproduces the released code's quirk instead: each term's batch mean
-  times the batch-mean weight.
+  ``L = mean_i w_{y_i} · [CE_f,i + CE_v,i + ½ (l_i(v→f) + l_i(f→v))]`` (the paper, the default).
+
+``published_code=True`` reproduces the loss of the code released with the paper instead. Its
+identity-classifier terms are batch-mean cross-entropies scaled by the batch-mean weight, while
+its local term keeps the per-sample weight, and a batch whose weights sum to less than 1e-3 (every
+identity in it switched off) gets ``w_i + 1`` instead:
+``L = mean_i(w_i) · [mean_i CE_f,i + mean_i CE_v,i] + mean_i w_i · ½ (l_i(v→f) + l_i(f→v))``.
+The flag does not change the re-weighting schedule (:class:`IdentityReweighting`).
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 
 LOCAL_MARGIN = 3.4  # the published code's constant inside the log
+PUBLISHED_EMPTY_BATCH = 1e-3  # the released code: batch weights summing below this get + 1
 
 
 @dataclass(frozen=True)
 class Wen2021Params:
-    """``published_code``: the released code's batch-mean weighting. ``warmup`` / ``every``:
+    """``published_code``: the released code's loss weighting (module docstring). ``warmup`` /
+    ``every``:
     the re-weighting schedule in training steps (paper: 500 / 100 of a 2,400-step run)."""
 
     published_code: bool
@@ -56,6 +63,16 @@ def local_alignment(anchor: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         device=s.device,
     )
     return torch.logsumexp(torch.cat([const, masked], dim=1), dim=1)
+
+
+def published_loss(terms: dict[str, torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+    """The released code's weighting of the per-sample terms (:meth:`Wen2021.per_sample`) by the
+    batch's identity weights ``w`` (B,): the two cross-entropies' batch means times the batch-mean
+    weight, plus the per-sample weighted mean of the local term; ``w + 1`` when ``Σ w < 1e-3``."""
+    if float(w.sum()) < PUBLISHED_EMPTY_BATCH:
+        w = w + 1.0
+    ce = terms["ce_face"].mean() * w.mean() + terms["ce_voice"].mean() * w.mean()
+    return ce + (w * terms["local"]).mean()
 
 
 class Wen2021(nn.Module):
@@ -102,8 +119,11 @@ class Wen2021(nn.Module):
             if self.schedule.tick():
                 self.weights.copy_(self.schedule.weights())
         w = self.weights[identity]  # (B,)
-        total = t["ce_face"] + t["ce_voice"] + t["local"]
-        loss = total.mean() * w.mean() if self.params.published_code else (w * total).mean()
+        if self.params.published_code:
+            loss = published_loss(t, w)
+        else:
+            total = t["ce_face"] + t["ce_voice"] + t["local"]
+            loss = (w * total).mean()
         return {
             "loss": loss,
             "identity_ce": (t["ce_face"] + t["ce_voice"]).mean().detach(),
