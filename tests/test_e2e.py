@@ -52,9 +52,7 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
         else:
             shutil.copy2(src, dst)
     params = repo / "params.yaml"
-    # The tiny corpus has ~24 training videos: the clustering methods' K scale down with it.
-    text = params.read_text().replace("preset: default", "preset: tiny", 1)
-    params.write_text(text.replace("clusters: [40, 80, 120]", "clusters: [4, 8, 12]"))
+    params.write_text(tiny_params(params.read_text()))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("PREFECT_API_URL", None)
     _run(["git", "init", "-q"], repo, env)
@@ -71,11 +69,41 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     return repo, env, wall
 
 
+def tiny_params(text: str) -> str:
+    """The repository's params on the tiny preset, with a schedule scaled to its size."""
+    for old, new in (
+        ("preset: default", "preset: tiny"),
+        # ~24 training videos: the clustering methods' K scale down with them
+        ("clusters: [40, 80, 120]", "clusters: [4, 8, 12]"),
+        ("clusters: [40, 80, 120]", "clusters: [4, 8, 12]"),
+        (f"seeds: {list(REPO_SEEDS)}".replace("'", ""), f"seeds: {list(SEEDS)}"),
+        ("  epochs: 40\n", "  epochs: 8\n"),
+        ("  start_epoch: 14\n", "  start_epoch: 3\n"),
+        ("  start_epoch: 14\n", "  start_epoch: 3\n"),
+        ("  reweight_epochs: 20\n", "  reweight_epochs: 6\n"),
+        ("  bootstrap: 1000\n", "  bootstrap: 200\n"),
+    ):
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    return text
+
+
 METHODS = ("cid", "wen2021", "cmpc", "bipseudo")
+REPO_SEEDS = (1, 2, 3)
+SEEDS = (1, 2)  # the tiny run's training seeds
+
+
+def seeded(seeds: tuple[int, ...] = SEEDS) -> tuple[str, ...]:
+    """The per-(method, seed) stages."""
+    return (
+        *(f"train@{m}-{s}" for m in METHODS for s in seeds),
+        *(f"evaluate@{m}-{s}" for m in METHODS for s in seeds),
+        *(f"lowshot@{m}-{s}" for m in ("cid", "cmpc") for s in seeds),
+    )
+
+
 ALL_STAGES = (
-    "synth", "manifest", "faces", "voice", "trials", "oracle",
-    *(f"train@{m}" for m in METHODS), *(f"evaluate@{m}" for m in METHODS),
-    "lowshot@cid", "lowshot@cmpc", "report",
+    "synth", "manifest", "faces", "voice", "trials", "oracle", *seeded(), "aggregate", "report",
 )  # fmt: skip
 
 
@@ -96,10 +124,13 @@ def test_outputs_exist_and_are_consistent(tiny_repo: tuple[Path, dict[str, str],
     assert faces["face_rate"] >= 0.95 and voice["clips_out"] == 96
     assert (repo / "data/faces/faces-00000.parquet").is_file()
     assert (repo / "data/voice/failures.parquet").is_file()
-    train = json.loads((repo / "reports/train/cid.json").read_text())
-    history = json.loads((repo / "reports/train/cid_history.json").read_text())
-    assert len(history) == train_epochs(repo) and train["final_loss"] < history[0]["loss"]
-    assert (repo / "models/cid/model.pt").is_file()
+    for seed in SEEDS:
+        train = json.loads((repo / f"reports/train/cid/s{seed}.json").read_text())
+        history = json.loads((repo / f"reports/train/cid/s{seed}_history.json").read_text())
+        assert len(history) == train_epochs(repo) and train["final_loss"] < history[0]["loss"]
+        assert train["seed"] == seed and (repo / f"models/cid/s{seed}/model.pt").is_file()
+    a, b = (json.loads((repo / f"reports/train/cid/s{s}.json").read_text()) for s in SEEDS)
+    assert a["final_loss"] != b["final_loss"]  # the seeds train different models
 
 
 @pytest.mark.e2e
@@ -108,8 +139,13 @@ def test_every_method_is_evaluated_and_reported(
     tiny_repo: tuple[Path, dict[str, str], float],
 ) -> None:
     repo, _, _ = tiny_repo
-    for name in (*METHODS, "oracle", "lowshot_cid", "lowshot_cmpc"):
-        m = json.loads((repo / f"reports/metrics/{name}.json").read_text())
+    files = [("oracle", repo / "reports/metrics/oracle.json", repo / "reports/eval/oracle")]
+    for name in (*METHODS, "lowshot_cid", "lowshot_cmpc"):
+        for seed in SEEDS:
+            m_file = repo / f"reports/metrics/seeds/{name}-s{seed}.json"
+            files.append((name, m_file, repo / f"reports/eval/{name}/s{seed}"))
+    for name, m_file, eval_dir in files:
+        m = json.loads(m_file.read_text())
         for split in ("test_unseen", "test_seen"):
             for direction in ("v2f", "f2v"):
                 assert 0.0 <= m["match_1to2"][direction]["U"][split] <= 1.0, (name, split)
@@ -117,7 +153,29 @@ def test_every_method_is_evaluated_and_reported(
             assert 0.0 <= m["verify_auc"]["vf"]["G"][split] <= 1.0
             assert 0.0 <= m["verify_eer"]["vf"]["U"][split] <= 1.0
         assert ("oracle_fraction" in m) == (name != "oracle")
-        assert (repo / f"reports/eval/{name}/roc.csv").is_file()
+        assert (eval_dir / "roc.csv").is_file() and (eval_dir / "outcomes.parquet").is_file()
+    # Aggregates over the seeds: the mean of the per-seed values, with a 95 % interval.
+    for name in (*METHODS, "lowshot_cid", "lowshot_cmpc"):
+        agg = json.loads((repo / f"reports/metrics/aggregate/{name}.json").read_text())
+        leaf = agg["match_1to2"]["v2f"]["U"]["test_unseen"]
+        per_seed = [
+            json.loads((repo / f"reports/metrics/seeds/{name}-s{s}.json").read_text())[
+                "match_1to2"
+            ]["v2f"]["U"]["test_unseen"]
+            for s in SEEDS
+        ]
+        assert agg["seeds"] == list(SEEDS) and leaf["n"] == len(SEEDS)
+        assert abs(leaf["mean"] - sum(per_seed) / len(per_seed)) < 1e-4
+        assert leaf["ci95_low"] <= leaf["mean"] <= leaf["ci95_high"]
+        assert leaf["boot95_low"] <= leaf["boot95_high"]
+    verdicts = json.loads((repo / "reports/metrics/aggregate/verdicts.json").read_text())
+    head = verdicts["metrics"]["match_1to2"]["v2f"]["U"]["test_unseen"]
+    assert head["top"] in head["tied_for_first"] and set(head["vs_reference"]) == set(METHODS) - {
+        "cid"
+    }
+    assert {v["verdict"] for v in head["vs_top"].values()} <= {
+        "better", "worse", "not distinguishable"
+    }  # fmt: skip
     oracle = json.loads((repo / "reports/metrics/oracle.json").read_text())
     assert oracle["match_1to2"]["v2f"]["U"]["test_unseen"] > 0.6  # the ground truth ceiling
     summary = (repo / "reports/summary.md").read_text()
@@ -149,9 +207,11 @@ def test_metrics_and_oracle_commands(tiny_repo: tuple[Path, dict[str, str], floa
     repo, env, _ = tiny_repo
     shown = _run(["dvc", "metrics", "show", "--json"], repo, env)
     assert "speech_fraction_truth_mean" in shown and "test_unseen" in shown
-    assert "reports/metrics/bipseudo.json" in shown and "reports/metrics/oracle.json" in shown
+    assert "reports/metrics/aggregate/bipseudo.json" in shown
+    assert "reports/metrics/oracle.json" in shown and "reports/metrics/seeds/cid-s2.json" in shown
     plots = _run(["dvc", "plots", "show", "--json"], repo, env)
-    assert "reports/eval/cmpc/roc.csv" in plots and "reports/train/wen2021_history.json" in plots
+    assert "reports/eval/cmpc/s1/roc.csv" in plots
+    assert "reports/train/wen2021/s2_history.json" in plots
     oracle = json.loads(_run([sys.executable, "-m", "pipeline.oracle"], repo, env))
     assert oracle["test_identities"] >= 4 and 0.5 < oracle["oracle_1to2_v2f_U"] <= 1.0
 
@@ -197,12 +257,35 @@ def test_changing_a_method_param_reruns_only_that_method(
     cid = text.index("\ncid:\n")
     params.write_text(text[:cid] + text[cid:].replace("  tau: 0.1", "  tau: 0.2", 1))
     out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
-    others = [s for s in ALL_STAGES if "cid" not in s and s != "report"]
-    assert_stages(out, ran=("train@cid", "evaluate@cid", "lowshot@cid", "report"), skipped=others)
+    cid = [s for s in ALL_STAGES if "@cid-" in s]
+    others = [s for s in ALL_STAGES if s not in cid and s not in ("aggregate", "report")]
+    assert_stages(out, ran=(*cid, "aggregate", "report"), skipped=others)
     # The committed figures against the new ones, side by side.
     diff = json.loads(_run(["dvc", "metrics", "diff", "--json"], repo, env))
-    assert "reports/metrics/cid.json" in diff and "reports/metrics/wen2021.json" not in diff
-    assert "match_1to2.v2f.U.test_unseen" in diff["reports/metrics/cid.json"]
+    assert "reports/metrics/aggregate/cid.json" in diff
+    assert "reports/metrics/aggregate/wen2021.json" not in diff
+    assert "match_1to2.v2f.U.test_unseen.mean" in diff["reports/metrics/aggregate/cid.json"]
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_adding_a_seed_trains_only_that_seed(
+    tiny_repo: tuple[Path, dict[str, str], float],
+) -> None:
+    repo, env, _ = tiny_repo
+    _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)  # settle
+    params = repo / "params.yaml"
+    old = f"seeds: {list(SEEDS)}"
+    text = params.read_text()
+    assert old in text
+    params.write_text(text.replace(old, f"seeds: {[*SEEDS, 7]}", 1))
+    out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
+    assert_stages(out, ran=(*seeded((7,)), "aggregate", "report"), skipped=ALL_STAGES[:-2])
+    agg = json.loads((repo / "reports/metrics/aggregate/cmpc.json").read_text())
+    assert agg["seeds"] == [*SEEDS, 7] and agg["match_1to2"]["v2f"]["U"]["test_unseen"]["n"] == 3
+    params.write_text(text)  # back to the committed seeds: nothing to train again
+    out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
+    assert_stages(out, ran=("aggregate", "report"), skipped=ALL_STAGES[:-2])
 
 
 @pytest.mark.e2e
