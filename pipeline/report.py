@@ -80,12 +80,12 @@ VERDICT_ROWS: tuple[tuple[str, str, str, str], ...] = (
     ("1:2 V→F G", "match_1to2", "v2f", "G"),
     ("AUC U", "verify_auc", "vf", "U"),
 )
-#: Attribute probes shown: (header, key in the probe figures).
-PROBE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("gender acc.", "gender_acc"),
-    ("nationality acc.", "nationality_acc"),
-    ("age R²", "age_r2"),
-    ("build R²", "build_r2"),
+#: Attribute probes shown: (header, attribute, figure) as :mod:`pipeline.probes` writes them.
+PROBE_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("gender acc.", "gender", "accuracy"),
+    ("nationality acc.", "nationality", "accuracy"),
+    ("age R²", "age_years", "r2"),
+    ("build R²", "build", "r2"),
 )
 
 #: The per-split comparison table: (header, protocol, direction, constraint).
@@ -943,17 +943,19 @@ def _probe_blocks(inputs: ReportInputs) -> list[_Block]:
             if not isinstance(fig, dict):
                 continue
             cells = []
-            for _, key in PROBE_COLUMNS:
-                v = fig.get(key)
-                leaf = v if isinstance(v, dict) else {"mean": v}
-                cells.append(_pm(leaf, 1.0, 2))
-                c = fig.get(f"{key}_chance")
-                if key not in chance and c is not None:
-                    chance[key] = c.get("mean") if isinstance(c, dict) else c
+            for _, attr, key in PROBE_COLUMNS:
+                entry = fig.get(attr)
+                entry = entry if isinstance(entry, dict) else {}
+                v = entry.get(key)
+                cells.append(_pm(v if isinstance(v, dict) else {"mean": v}, 1.0, 2))
+                c = entry.get("chance")
+                c = c.get("mean") if isinstance(c, dict) else c
+                if attr not in chance and isinstance(c, int | float):
+                    chance[attr] = c
             rows.append((name, side, *cells))
     if not rows:
         return []
-    ch = [chance.get(k) for _, k in PROBE_COLUMNS]
+    ch = [chance.get(a) for _, a, _ in PROBE_COLUMNS]
     rows.append(("chance", "", *(_MISSING if c is None else f"{float(c):.2f}" for c in ch)))
     return [
         _Heading(3, "Attribute probes, test_unseen"),
@@ -963,7 +965,7 @@ def _probe_blocks(inputs: ReportInputs) -> list[_Block]:
             "ridge regression). Mean over seeds ± 95 % half-width; – where the dataset lacks the "
             "attribute."
         ),
-        _Table(("model", "modality", *(h for h, _ in PROBE_COLUMNS)), tuple(rows), label_cols=2),
+        _Table(("model", "modality", *(h for h, _, _ in PROBE_COLUMNS)), tuple(rows), label_cols=2),
     ]
 
 

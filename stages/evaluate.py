@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pipeline.attributes import clip_attributes
+from pipeline.probes import embedding_probes
 from prefect import flow
 
 from pipeline.atomic import atomic_path
@@ -31,7 +33,7 @@ from pipeline.evaluate import (
 )
 from pipeline.params import Params
 from pipeline.schema import MANIFEST, OUTCOMES, read_table, write_table
-from pipeline.train.loop import load_model
+from pipeline.train.loop import Encoders, load_model
 from pipeline.trials import read_trials
 from stages._runtime import prefect_api, stage_params, write_json
 from stages.train import device, model_dir
@@ -63,10 +65,11 @@ def score_and_write(
     metrics_file: Path,
     eval_out: Path,
     oracle: Path | None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score ``emb`` on ``trials``, add the oracle fractions (when ``oracle`` has figures) and
-    write the metrics file, plot tables and outcomes (:func:`write_scores`). Returns the
-    metrics."""
+    ``extra`` (e.g. attribute probes), and write the metrics file, plot tables and outcomes
+    (:func:`write_scores`). Returns the metrics."""
     m = read_table(manifest, MANIFEST)
     identity = dict(zip(m["clip_key"], m["identity"], strict=True))
     scores = score(emb, trials, identity)
@@ -74,8 +77,31 @@ def score_and_write(
         ref = json.loads(oracle.read_text())
         if ref.get("available", True):
             scores.metrics["oracle_fraction"] = oracle_fraction(scores.metrics, ref)
+    scores.metrics.update(extra or {})
     write_scores(name, scores, metrics_file, eval_out)
     return scores.metrics
+
+
+def probe_figures(
+    encoders: Encoders, params: Params, args: argparse.Namespace, test: Embeddings
+) -> dict[str, Any]:
+    """Linear attribute probes on a model's embeddings (:mod:`pipeline.probes`): fitted on the
+    training split's clips, scored on the test_unseen clips of ``test``."""
+    manifest = Path(args.manifest)
+    train = model_embeddings(
+        encoders, manifest, Path(args.faces), Path(args.voice), params.train.face_size_px,
+        next(encoders.parameters()).device, splits=("train",),
+    )  # fmt: skip
+    synth = params.data.layout == "synth"
+    attrs = clip_attributes(manifest, params.data.layout, Path(params.data.root) if synth else None)
+    m = read_table(manifest, MANIFEST)
+    unseen = set(m.loc[m["split"] == "test_unseen", "clip_key"])
+    keys = [k for k in test.clip_keys if k in unseen]
+    rows = test.rows(keys)
+    return embedding_probes(
+        train.face, train.voice, attrs.loc[train.clip_keys],
+        test.face[rows], test.voice[rows], attrs.loc[keys],
+    )  # fmt: skip
 
 
 @flow(name="evaluate")
@@ -107,8 +133,13 @@ def evaluate_flow(
             params.train.face_size_px,
             dev,
         )
-    ref = None if oracle else Path(args.metrics) / "oracle.json"
-    return score_and_write(name, emb, trials, manifest, metrics_file, eval_out, ref)
+    if oracle:
+        return score_and_write(name, emb, trials, manifest, metrics_file, eval_out, None)
+    probes = probe_figures(enc, params, args, emb)
+    ref = Path(args.metrics) / "oracle.json"
+    return score_and_write(
+        name, emb, trials, manifest, metrics_file, eval_out, ref, {"probes": probes}
+    )
 
 
 def add_eval_arguments(ap: argparse.ArgumentParser) -> None:

@@ -27,7 +27,7 @@ from pipeline.params import Params
 from pipeline.train.loop import TrainConfig, load_model, save_model, train
 from pipeline.trials import read_trials
 from stages._runtime import prefect_api, stage_params, write_json
-from stages.evaluate import add_eval_arguments, score_and_write, seed_outputs
+from stages.evaluate import add_eval_arguments, probe_figures, score_and_write, seed_outputs
 from stages.train import device, model_dir, setup_torch
 
 
@@ -71,7 +71,7 @@ def lowshot_flow(
     metrics_file, eval_out = seed_outputs(name, seed, Path(args.metrics), Path(args.eval))
     metrics = score_and_write(
         name, emb, read_trials(Path(args.trials)), manifest, metrics_file, eval_out,
-        Path(args.metrics) / "oracle.json",
+        Path(args.metrics) / "oracle.json", {"probes": probe_figures(encoders, params, args, emb)},
     )  # fmt: skip
     return {
         "metrics": metrics,

@@ -80,7 +80,7 @@ def tiny_params(text: str) -> str:
         ("  epochs: 40\n", "  epochs: 8\n"),
         ("  start_epoch: 14\n", "  start_epoch: 3\n"),
         ("  start_epoch: 14\n", "  start_epoch: 3\n"),
-        ("  reweight_epochs: 20\n", "  reweight_epochs: 6\n"),
+        ("  reweight_epochs: 20 ", "  reweight_epochs: 6 "),
         ("  bootstrap: 1000\n", "  bootstrap: 200\n"),
     ):
         assert old in text, old

@@ -407,8 +407,8 @@ def _with_intervals(paths: dict[str, Path], tied: bool) -> rp.ReportInputs:
         "ci95_high": 0.7448, "boot95_low": 0.65, "boot95_high": 0.79,
     }  # fmt: skip
     a["probes"] = {
-        "face": {"gender_acc": {"mean": 0.97, "half_width": 0.01}, "gender_acc_chance": 0.53},
-        "voice": {"gender_acc": {"mean": 0.99, "half_width": 0.005}},
+        "face": {"gender": {"accuracy": {"mean": 0.97, "half_width": 0.01}, "chance": 0.53}},
+        "voice": {"gender": {"accuracy": {"mean": 0.99, "half_width": 0.005}}},
     }
     _write(agg / "alpha.json", a)
     b = json.loads((agg / "beta.json").read_text())
@@ -431,7 +431,7 @@ def _with_intervals(paths: dict[str, Path], tied: bool) -> rp.ReportInputs:
         {"reference": "alpha", "metrics": {"match_1to2": {"v2f": {"U": {"test_unseen": head}}}}},
     )
     ceiling = _metrics("ceiling", 0.86, oracle=True)
-    ceiling["attributes"] = {"face": {"gender_acc": 0.99}}
+    ceiling["attributes"] = {"face": {"gender": {"accuracy": 0.99}}}
     _write(paths["metrics"] / "ceiling.json", ceiling)
     return load(paths)
 
