@@ -73,7 +73,7 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
 
 METHODS = ("cid", "wen2021", "cmpc", "bipseudo")
 ALL_STAGES = (
-    "synth", "manifest", "faces", "voice", "trials", "oracle",
+    "synth", "manifest", "faces", "voice", "trials", "oracle", "ceiling",
     *(f"train@{m}" for m in METHODS), *(f"evaluate@{m}" for m in METHODS),
     "lowshot@cid", "lowshot@cmpc", "report",
 )  # fmt: skip
@@ -108,7 +108,7 @@ def test_every_method_is_evaluated_and_reported(
     tiny_repo: tuple[Path, dict[str, str], float],
 ) -> None:
     repo, _, _ = tiny_repo
-    for name in (*METHODS, "oracle", "lowshot_cid", "lowshot_cmpc"):
+    for name in (*METHODS, "oracle", "ceiling", "lowshot_cid", "lowshot_cmpc"):
         m = json.loads((repo / f"reports/metrics/{name}.json").read_text())
         for split in ("test_unseen", "test_seen"):
             for direction in ("v2f", "f2v"):
