@@ -213,6 +213,26 @@ class LowshotSection(_Section):
     tau: float = Field(gt=0)
 
 
+class CeilingLossWeights(_Section):
+    gender: float = Field(ge=0)
+    nationality: float = Field(ge=0)
+    age_years: float = Field(ge=0)
+    build: float = Field(ge=0)
+
+
+class CeilingSection(_Section):
+    """Stage ``ceiling``: the media ceiling (synthetic corpus only), attribute-supervised face and
+    voice encoders (``train``'s architectures, embed_dim, batch size, crops) whose prediction
+    vectors are matched through the oracle's ridge map."""
+
+    epochs: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    loss_weights: CeilingLossWeights
+    ridge: float = Field(gt=0)  # the voice-to-face map (the oracle's is 1.0)
+    probe_l2: float = Field(gt=0)  # the attribute probes reported in ceiling.json
+
+
 MethodName = Literal["cid", "wen2021", "cmpc", "bipseudo"]
 
 
@@ -240,6 +260,7 @@ class Params(_Section):
     bipseudo: BipseudoSection
     lowshot: LowshotSection
     trials: TrialsSection
+    ceiling: CeilingSection
     compare: CompareSection
 
     @model_validator(mode="after")

@@ -515,8 +515,8 @@ def ranking_text(inputs: ReportInputs) -> str:
 
 def _n_seeds(inputs: ReportInputs) -> int | None:
     counts = {inputs.metrics[m].get("n_seeds") for m in inputs.methods}
-    counts.discard(None)
-    return int(next(iter(counts))) if len(counts) == 1 else None
+    known = {int(c) for c in counts if isinstance(c, int)}
+    return next(iter(known)) if len(known) == 1 and None not in counts else None
 
 
 # ------------------------------------------------------------------------------------ figures

@@ -185,7 +185,8 @@ def identity_draws(n_identities: int, n_boot: int, seed: int) -> np.ndarray:
 
 
 def _seed_average(per_seed: list[Stats], weights: np.ndarray) -> np.ndarray:
-    return np.mean([np.asarray(s.value(weights)) for s in per_seed], axis=0)
+    out: np.ndarray = np.mean([np.asarray(s.value(weights)) for s in per_seed], axis=0)
+    return out
 
 
 @dataclass(frozen=True)

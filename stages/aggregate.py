@@ -24,8 +24,8 @@ from stages._runtime import fail, prefect_api, stage_params, write_json
 
 @flow(name="aggregate")
 def aggregate_flow(params: Params, metrics: Path, eval_dir: Path, out: Path) -> dict[str, Any]:
-    methods = list(params.methods)
-    lowshot = [m for m in params.lowshot.methods if m in methods]
+    methods: list[str] = list(params.methods)
+    lowshot: list[str] = [m for m in params.lowshot.methods if m in methods]
     names = methods + [f"lowshot_{m}" for m in lowshot]
     try:
         scored = [load_scored(n, list(params.seeds), metrics, eval_dir) for n in names]

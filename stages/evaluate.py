@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pipeline.attributes import clip_attributes
-from pipeline.probes import embedding_probes
 from prefect import flow
 
 from pipeline.atomic import atomic_path
+from pipeline.attributes import clip_attributes
 from pipeline.evaluate import (
     Embeddings,
     Scores,
@@ -32,6 +31,7 @@ from pipeline.evaluate import (
     score,
 )
 from pipeline.params import Params
+from pipeline.probes import embedding_probes
 from pipeline.schema import MANIFEST, OUTCOMES, read_table, write_table
 from pipeline.train.loop import Encoders, load_model
 from pipeline.trials import read_trials
