@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         keep = order[: max(2, round(frac * len(order)))]
         clips = torch.from_numpy(np.flatnonzero(np.isin(data.identity.numpy(), keep)))
         sub = select_clips(data, clips)
-        method, mp = build_method(args.method, params, sub)
+        method, mp = build_method(args.method, params, sub, params.seeds[0])
         epochs = round(t.epochs / frac)
         cfg = TrainConfig(
             epochs, t.batch_size, t.lr, t.weight_decay, t.embed_dim, t.face_encoder,

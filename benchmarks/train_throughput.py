@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     for rnd in range(args.rounds):
         order = args.methods if rnd % 2 == 0 else args.methods[::-1]
         for name in order:
-            method, mparams = build_method(name, params, data)
+            method, mparams = build_method(name, params, data, params.seeds[0])
             cfg = TrainConfig(
                 args.epochs, t.batch_size, t.lr, t.weight_decay, t.embed_dim, t.face_encoder,
                 t.voice_encoder, t.voice_frames, params.base.seed,
