@@ -76,7 +76,11 @@ def main(argv: list[str] | None = None) -> None:
         help="names, in table order (default: params' methods, then lowshot_<method> for "
         "lowshot.methods)",
     )
-    ap.add_argument("--metrics", default="reports/metrics", help="folder of oracle.json, ceiling.json and aggregate/<method>.json")
+    ap.add_argument(
+        "--metrics",
+        default="reports/metrics",
+        help="folder of oracle.json, ceiling.json and aggregate/<method>.json",
+    )
     ap.add_argument("--eval", default="reports/eval", help="folder of <method>/ curves, ranked")
     ap.add_argument("--train", default="reports/train", help="folder of training summaries")
     ap.add_argument("--trials", default="reports/trials.json")
