@@ -93,7 +93,11 @@ class VoiceConfig:
 def voice_shard(
     clips: list[ClipRef], root: Path, cfg: VoiceConfig, out: Path, timeout_s: float
 ) -> ShardResult:
-    """VAD and log-mel features of every clip's audio; write ``out`` (schema.VOICE_FEATURES)."""
+    """VAD and log-mel features of every clip's audio; write ``out`` (schema.VOICE_FEATURES).
+
+    Torch runs one thread (as for MTCNN in the faces stage): the features then cannot depend on
+    the machine's core count, which it would otherwise take."""
+    torch.set_num_threads(1)
     res = ShardResult()
     rows: list[dict[str, Any]] = []
     items = [

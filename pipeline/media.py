@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.cpu_pin import pin_ffmpeg
+
 VOX1_FPS = 25.0  # VoxCeleb1 face-crop file names are frame numbers at 25 fps
 
 
@@ -55,6 +57,7 @@ def read_frames(path: Path | str, rate_hz: float) -> tuple[np.ndarray, np.ndarra
     """Frames sampled at ``rate_hz``: (times_s (K,), frames (K, H, W, 3) uint8 RGB)."""
     import decord
 
+    pin_ffmpeg("decord")
     p = _existing_file(path)
     try:
         vr = decord.VideoReader(str(p), ctx=decord.cpu(0), num_threads=1)
@@ -76,6 +79,7 @@ def read_audio(path: Path | str, sample_rate_hz: int = 16000) -> np.ndarray:
     """The audio track as float32 mono samples in [-1, 1] at ``sample_rate_hz``, shape (N,)."""
     import decord
 
+    pin_ffmpeg("decord")
     p = _existing_file(path)
     try:
         ar = decord.AudioReader(str(p), ctx=decord.cpu(0), sample_rate=sample_rate_hz, mono=True)

@@ -7,7 +7,8 @@
 - ``VOXFACE_WORKERS``: pool size (default: the machine's CPU count).
 - ``VOXFACE_DASK_ADDRESS``: scheduler of an existing Dask cluster (``tcp://host:8786``); without
   it, ``dask`` starts a local cluster of ``VOXFACE_WORKERS`` single-threaded processes.
-- ``VOXFACE_THREADS``: native threads per worker (BLAS, torch, faiss); default 1.
+- ``VOXFACE_THREADS``: native threads per worker (BLAS, torch, faiss); default 1. The ``faces``
+  and ``voice`` stages run torch on one thread whatever it says (MTCNN's boxes depend on it).
 
 Changing any of these changes speed, never results, so DVC's caches stay valid.
 """

@@ -7,6 +7,10 @@ a hang in native decoding cannot freeze the stage), runs MTCNN in batches, keeps
 
 from __future__ import annotations
 
+# isort: off
+import stages._pinned  # noqa: F401  (first: pins numpy's and torch's kernels before they load)
+
+# isort: on
 import time
 from typing import Any
 

@@ -7,6 +7,10 @@ ground-truth tables, and swaps the finished corpus into place in one rename.
 
 from __future__ import annotations
 
+# isort: off
+import stages._pinned  # noqa: F401  (first: pins numpy's and torch's kernels before they load)
+
+# isort: on
 import argparse
 import math
 import shutil

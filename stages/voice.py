@@ -7,6 +7,10 @@ features over the speech only. Audio-only inputs (VoxCeleb1 wav, m4a) take this 
 
 from __future__ import annotations
 
+# isort: off
+import stages._pinned  # noqa: F401  (first: pins numpy's and torch's kernels before they load)
+
+# isort: on
 import time
 from typing import Any
 

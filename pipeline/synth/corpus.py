@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.atomic import atomic_path
+from pipeline.cpu_pin import pin_ffmpeg
 from pipeline.synth.face import EYE_COLORS, FaceLook, Scene, mouth_window, render_face
 from pipeline.synth.people import Calibration, sample_identities
 from pipeline.synth.voice import HOP, Channel, VoiceParams, synthesize
@@ -178,16 +179,47 @@ def _mouth_sprites(
     return base, sprites, win
 
 
+def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB -> (T, H * 3 // 2, W) uint8 planar YUV 4:2:0 (BT.601, limited
+    range), in integer arithmetic. Left to swscale, the conversion's rounding depends on the SIMD
+    kernel the CPU gets (C, SSE, AVX2 ... give different bytes); integers give the same on all."""
+    t, h, w, _ = frames.shape
+    out = np.empty((t, h * 3 // 2, w), dtype=np.uint8)
+    c = frames.astype(np.uint16)  # 66 R + 129 G + 25 B + 16.5 * 256 < 2**16
+    y = 66 * c[..., 0] + 129 * c[..., 1]
+    y += 25 * c[..., 2] + (128 + (16 << 8))
+    out[:, :h] = y >> 8
+    # Chroma of each 2x2 block from its summed RGB (linear, so the same as the mean of the four
+    # pixels' chroma): /256 for BT.601's scale and /4 for the mean, rounded.
+    q = (c[:, 0::2, 0::2] + c[:, 1::2, 0::2] + c[:, 0::2, 1::2] + c[:, 1::2, 1::2]).astype(np.int32)
+    r, g, b = q[..., 0], q[..., 1], q[..., 2]
+    half = 512 + (128 << 10)
+    out[:, h : h + h // 4] = ((-38 * r - 74 * g + 112 * b + half) >> 10).reshape(t, h // 4, w)
+    out[:, h + h // 4 :] = ((112 * r - 94 * g - 18 * b + half) >> 10).reshape(t, h // 4, w)
+    return out
+
+
 def _write_mp4(path: Path, frames: np.ndarray, audio: np.ndarray, fps: int, sr: int) -> None:
-    """Encode (T, H, W, 3) uint8 frames and (N,) float32 audio into one MP4, atomically."""
-    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as out:
+    """Encode (T, H, W, 3) uint8 frames and (N,) float32 audio into one MP4, atomically.
+
+    Deterministic across machines: frames reach x264 as YUV already (no swscale), x264 runs one
+    thread (its asm is bit-exact to its C), FFmpeg's AAC encoder runs its C code
+    (:func:`pipeline.cpu_pin.pin_ffmpeg`), and ``bitexact`` keeps version strings out of the file.
+    """
+    pin_ffmpeg("av")
+    bitexact = {"fflags": "+bitexact"}
+    with (
+        atomic_path(path) as tmp,
+        av.open(str(tmp), mode="w", format="mp4", container_options=bitexact) as out,
+    ):
         vs = out.add_stream("libx264", rate=fps)
         vs.width, vs.height = frames.shape[2], frames.shape[1]
         vs.pix_fmt = "yuv420p"
-        vs.options = {"preset": "ultrafast", "crf": "23", "threads": "1"}
+        vs.options = {"preset": "ultrafast", "crf": "23", "threads": "1", "flags": "+bitexact"}
         as_ = out.add_stream("aac", rate=sr, layout="mono")
-        for k, img in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        as_.options = {"flags": "+bitexact"}
+        for k, img in enumerate(frames):  # one frame at a time: its temporaries stay in cache
+            frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(img[None])[0], format="yuv420p")
             frame.pts = k
             for pkt in vs.encode(frame):
                 out.mux(pkt)

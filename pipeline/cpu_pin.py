@@ -1,0 +1,106 @@
+"""Pin the numeric code paths that libraries choose by CPU, so data stages write the same bytes
+on any x86-64 machine (README, "Reproducibility across machines").
+
+numpy, FFmpeg, PyTorch, oneDNN and MKL each pick SIMD kernels at run time from the CPU's
+features (AVX2, FMA3, AVX-512 ...). The kernels agree to the last bit or two, not exactly: a
+last-bit change in a sine or a filter tap flips a uint8 pixel's or an AAC quantiser's rounding,
+and the files' hashes differ. What is pinned here:
+
+- numpy: the portable x86-64-v2 baseline loops (``NPY_DISABLE_CPU_FEATURES``). Must be set
+  before numpy is imported: :func:`pin_env` runs from ``stages/_pinned.py``, the first import
+  of the data stages.
+- PyTorch / oneDNN / MKL: the AVX2 kernels on every machine that has AVX2 (``ATEN_CPU_CAPABILITY``,
+  ``ONEDNN_MAX_CPU_ISA``, ``MKL_CBWR``), read when torch first runs a kernel.
+- FFmpeg (PyAV's and decord's own builds): the plain C code paths, via ``av_force_cpu_flags(0)``
+  on their ``libavutil`` (what ``ffmpeg -cpuflags 0`` does), :func:`pin_ffmpeg`.
+
+``VOXFACE_NATIVE_SIMD=1`` leaves every library on its own choice (faster, machine-dependent
+bytes). Nothing here imports numpy or torch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import importlib.util
+import os
+import platform
+
+#: numpy's dispatch targets above the x86-64-v2 baseline (numpy >= 2.4 names).
+NUMPY_DISABLED = "X86_V3 X86_V4 AVX512_ICL AVX512_SPR"
+#: Environment that pins torch's, oneDNN's and MKL's kernels to AVX2 (falls back below it).
+TORCH_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+
+_pinned_ffmpeg: set[str] = set()
+
+
+def enabled() -> bool:
+    """False when ``VOXFACE_NATIVE_SIMD=1`` asks for every library's own (fastest) kernels."""
+    return os.environ.get("VOXFACE_NATIVE_SIMD", "0") != "1"
+
+
+def _x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def pin_env() -> None:
+    """Set the variables numpy and torch read when they load. Overrides values inherited from
+    the environment: a pin that a variable can undo would not be one. Call before numpy loads."""
+    if not enabled() or not _x86():
+        return
+    os.environ["NPY_DISABLE_CPU_FEATURES"] = NUMPY_DISABLED
+    os.environ.update(TORCH_ENV)
+
+
+def numpy_pinned() -> bool:
+    """Whether this process's numpy runs the baseline loops (False if it loaded before the pin)."""
+    if not _x86():
+        return True
+    from numpy._core._multiarray_umath import __cpu_features__ as features
+
+    return not any(features.get(f, False) for f in NUMPY_DISABLED.split())
+
+
+def _libavutil(package: str) -> ctypes.CDLL | None:
+    """``libavutil`` as loaded by ``package`` (``av`` or ``decord``): the copy its wheel
+    bundles (``<package>.libs/``), else the system's that it links to (a source build)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        return None
+    site = os.path.dirname(os.path.dirname(spec.origin))
+    found = sorted(glob.glob(os.path.join(site, f"{package}.libs", "libavutil*.so*")))
+    for name in [*found, "libavutil.so"]:
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
+
+
+def pin_ffmpeg(package: str = "av", flags: int = 0) -> bool:
+    """Make ``package``'s FFmpeg use the CPU-feature set ``flags`` (0: plain C, the same on every
+    machine) for codecs opened from now on, once per process. Returns whether it is pinned."""
+    if not enabled():
+        return False
+    if package in _pinned_ffmpeg:
+        return True
+    lib = _libavutil(package)
+    if lib is None:
+        return False
+    lib.av_force_cpu_flags(ctypes.c_int(flags))
+    _pinned_ffmpeg.add(package)
+    return True
+
+
+def force_ffmpeg_flags(package: str, flags: int) -> None:
+    """Set ``package``'s FFmpeg CPU flags now, pinned or not (tests emulate other CPUs with it)."""
+    lib = _libavutil(package)
+    if lib is None:
+        raise RuntimeError(f"libavutil of {package!r} not found")
+    lib.av_force_cpu_flags(ctypes.c_int(flags))
+
+
+def ffmpeg_flags(package: str = "av") -> int:
+    """The CPU flags ``package``'s FFmpeg uses now (-1: unknown)."""
+    lib = _libavutil(package)
+    return -1 if lib is None else int(lib.av_get_cpu_flags())

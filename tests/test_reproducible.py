@@ -1,0 +1,82 @@
+"""Same bytes on another machine: the data stages' outputs must not depend on the CPU features
+the libraries find (README, "Reproducibility across machines").
+
+Each test runs ``tests/repro_probe.py`` in two child processes that see different CPUs: numpy
+without its AVX2 loops (``NPY_DISABLE_CPU_FEATURES``), FFmpeg without any SIMD (``-cpuflags 0``),
+torch on its portable kernels (``ATEN_CPU_CAPABILITY=default``, oneDNN below AVX2), other thread
+counts; and asserts that every file written is byte-identical. Without the pins of
+:mod:`pipeline.cpu_pin` (``VOXFACE_NATIVE_SIMD=1``) the MP4s, the face boxes and the fbank
+features all differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        platform.machine().lower() not in ("x86_64", "amd64"), reason="pins x86-64 features"
+    ),
+]
+
+#: Another machine: older SIMD for numpy, none for FFmpeg, torch's portable kernels, 2 threads.
+OTHER_CPU = {
+    "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4",
+    "ATEN_CPU_CAPABILITY": "default",
+    "ONEDNN_MAX_CPU_ISA": "SSE41",
+    "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+    "VOXFACE_THREADS": "2",
+    "OMP_NUM_THREADS": "2",
+}
+
+
+def _probe(args: list[str], env: dict[str, str]) -> Any:
+    full = {k: v for k, v in os.environ.items() if k not in OTHER_CPU}
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.repro_probe", *args],
+        cwd=REPO,
+        env={**full, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def two_renders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, Any]:
+    """The same three clips rendered on 'this machine' and on 'another' (root of the first)."""
+    a, b = tmp_path_factory.mktemp("render-a"), tmp_path_factory.mktemp("render-b")
+    here = _probe(["synth", str(a)], {})
+    other = _probe(["synth", str(b), "--ffmpeg-flags", "0"], OTHER_CPU)
+    return a, here, other
+
+
+def test_synth_mp4s_identical_under_other_cpu_features(
+    two_renders: tuple[Path, Any, Any],
+) -> None:
+    _, here, other = two_renders
+    assert len([k for k in here if k.endswith(".mp4")]) == 3
+    assert here == other
+
+
+def test_faces_and_voice_shards_identical_under_other_cpu_kernels(
+    two_renders: tuple[Path, Any, Any], tmp_path: Path
+) -> None:
+    root = two_renders[0]
+    here = _probe(["shards", str(root), "--out", str(tmp_path / "a")], {})
+    other = _probe(["shards", str(root), "--out", str(tmp_path / "b")], OTHER_CPU)
+    assert sorted(here) == ["faces.parquet", "voice.parquet"]
+    assert here == other
