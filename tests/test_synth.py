@@ -131,6 +131,41 @@ def test_mouth_opening_changes_only_the_mouth(look_scene: tuple[object, object])
     assert outside.max() == 0
 
 
+def _look_with(ids: pd.DataFrame, **params: float) -> object:
+    row = ids.iloc[0].copy()
+    for k, v in params.items():
+        row[k] = v
+    return face_look(row)
+
+
+def test_face_width_changes_proportions_not_size() -> None:
+    """The face stage's square crop normalises head size away: build must show as shape."""
+    from pipeline.synth.face import _layout
+
+    ids = sample_identities(5, np.random.default_rng(0), CAL)
+    scene = scene_of(plan_corpus(small_spec())[1].iloc[0])
+    thin = _layout(_look_with(ids, face_width=-2.0), scene, 240)  # type: ignore[arg-type]
+    wide = _layout(_look_with(ids, face_width=2.0), scene, 240)  # type: ignore[arg-type]
+    assert thin.ry == wide.ry  # same height, same eye/nose/mouth layout ...
+    assert wide.rx / wide.ry > thin.rx / thin.ry + 0.2  # ... but a much wider head
+
+
+@pytest.mark.parametrize(
+    ("param", "low", "high", "rows"),
+    [("stubble", -2.0, 2.0, (150, 185)), ("wrinkles", -2.0, 2.0, (115, 135))],
+)
+def test_parameters_darken_their_region(
+    param: str, low: float, high: float, rows: tuple[int, int]
+) -> None:
+    """A beard shadow darkens the lower face; wrinkles (eye bags, folds) the mid face."""
+    ids = sample_identities(5, np.random.default_rng(0), CAL)
+    scene = scene_of(plan_corpus(small_spec())[1].iloc[0])
+    a = render_face(_look_with(ids, **{param: low}), scene, 0.0, seed=1)  # type: ignore[arg-type]
+    b = render_face(_look_with(ids, **{param: high}), scene, 0.0, seed=1)  # type: ignore[arg-type]
+    r0, r1 = rows
+    assert b[r0:r1, 90:150].mean() < a[r0:r1, 90:150].mean() - 0.02
+
+
 # ------------------------------------------------------------------ rendered clips
 
 

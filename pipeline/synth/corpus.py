@@ -47,7 +47,17 @@ def _sig(x: float) -> float:
 
 
 def face_look(row: pd.Series) -> FaceLook:
-    """Map an identity's face parameters (z-score-like) to renderer units."""
+    """Map an identity's face parameters (z-score-like) to renderer units.
+
+    Each parameter moves what :mod:`pipeline.synth.face` describes, over a range wide enough to
+    show in a 16 px crop: ``face_width`` sets both the head's width-to-height ratio and its
+    ``fullness`` (cheeks, neck, double chin); ``jaw_width`` the chin's shape; ``brow_thickness``
+    the brows and brow ridge; ``brow_height`` the brows' height and arch; ``wrinkles`` the lines,
+    folds, eye bags, hooded lids and jowls; ``grey_hair`` the grey of hair, brows and stubble;
+    ``lip_fullness`` the lips' height and redness; ``stubble`` the beard shadow; ``skin_lum`` /
+    ``skin_warm`` the skin colour; ``nose_width`` the nose. Nothing else about the identity (its
+    gender, age, nationality or build) is read: those show only through these parameters.
+    """
     lum = float(np.clip(0.62 + 0.1 * row.skin_lum, 0.32, 0.95))
     warm = float(np.clip(0.45 + 0.1 * row.skin_warm, 0.0, 1.0))
     skin = (min(lum * 1.08, 1.0), lum * (0.84 - 0.14 * warm), lum * (0.74 - 0.22 * warm))
@@ -55,16 +65,17 @@ def face_look(row: pd.Series) -> FaceLook:
     light_hair = np.array([0.78, 0.62, 0.36]) * (1 - red) + np.array([0.6, 0.24, 0.1]) * red
     hair = tuple(float(c) for c in light_hair * (1 - dark) + np.array([0.07, 0.05, 0.04]) * dark)
     return FaceLook(
-        face_width=float(np.clip(0.215 + 0.011 * row.face_width, 0.18, 0.25)),
+        face_width=float(np.clip(0.75 + 0.065 * row.face_width, 0.6, 0.9)),
+        fullness=float(np.clip(0.5 + 0.25 * row.face_width, 0.0, 1.0)),
         jaw_width=_sig(1.3 * row.jaw_width),
-        brow_thickness=float(np.clip(4.2 + 1.1 * row.brow_thickness, 1.8, 8.0)),
-        brow_height=float(np.clip(0.16 + 0.022 * row.brow_height, 0.09, 0.24)),
-        wrinkles=float(np.clip(0.3 + 0.35 * row.wrinkles, 0.0, 1.0)),
-        grey=float(np.clip(0.4 * row.grey_hair - 0.05, 0.0, 0.95)),
+        brow_thickness=float(np.clip(4.0 + 1.6 * row.brow_thickness, 1.5, 9.0)),
+        brow_height=float(np.clip(0.15 + 0.035 * row.brow_height, 0.07, 0.26)),
+        wrinkles=float(np.clip(0.35 + 0.3 * row.wrinkles, 0.0, 1.0)),
+        grey=float(np.clip(0.3 + 0.3 * row.grey_hair, 0.0, 0.95)),
         skin_rgb=skin,
-        nose_width=float(np.clip(0.28 + 0.035 * row.nose_width, 0.18, 0.4)),
+        nose_width=float(np.clip(0.21 + 0.035 * row.nose_width, 0.13, 0.31)),
         lip_fullness=_sig(1.2 * row.lip_fullness),
-        stubble=float(np.clip(0.4 * (row.stubble - 0.3), 0.0, 0.9)),
+        stubble=float(np.clip(0.5 * (row.stubble + 0.4), 0.0, 1.0)),
         hair_rgb=hair,  # type: ignore[arg-type]
         hair_style=str(row.hair_style),
         eye_rgb=EYE_COLORS[str(row.eye_color)],

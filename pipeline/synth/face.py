@@ -2,8 +2,28 @@
 
 Not a photo, but realistic enough for MTCNN (trained on real faces) to find it reliably: skin
 tones, Lambert shading of an ellipsoid head, dark eyes with white sclera, eyebrows, a nose shadow
-and lips. Face parameters (see :mod:`pipeline.synth.people`) move geometry and colour; per-video
-parameters set lighting, background, clothing and camera.
+and lips. Per-video parameters (:class:`Scene`) set lighting, background, clothing and camera.
+
+The identity's face parameters (:mod:`pipeline.synth.people`, mapped to :class:`FaceLook` by
+:func:`pipeline.synth.corpus.face_look`) show as *shape and proportion*, not only as absolute
+size, because the face stage crops a square around the detected face and resizes it, which
+normalises the head's size away. The head's height is fixed and the inner features (eyes, nose,
+mouth) are laid out in units of it, so what a parameter does survives the crop:
+
+- ``face_width`` (build, some gender): the width-to-height ratio of the head, i.e. how much cheek
+  lies outside the eyes; ``fullness`` (the same parameter): how little the lower face tapers
+  (round cheeks), the neck's width relative to the face, broad shoulders and a double chin;
+- ``jaw_width`` (gender, some build): the chin's shape, from a pointed V (0) to a square, wide jaw
+  with corners (1);
+- ``brow_thickness`` (gender): thick, dark brows and a brow ridge that shades the eye sockets;
+  ``brow_height`` (gender, age): the gap between eye and brow and the brow's arch;
+- ``stubble`` (gender): a beard shadow over jaw, chin and upper lip;
+- ``lip_fullness`` (gender, age): lip height and colour (full, red lips at 1);
+- ``wrinkles`` (age): forehead lines, under-eye bags, hooded lids, nasolabial and marionette folds
+  and sagging jowls; ``grey`` (age): grey in hair, brows and beard;
+- ``skin_rgb`` (nationality) and ``nose_width`` (nationality, build): skin colour, nose width.
+
+Hair colour and style, eye colour and glasses are face-only nuisances.
 """
 
 from __future__ import annotations
@@ -21,21 +41,29 @@ EYE_COLORS: dict[str, tuple[float, float, float]] = {
     "grey": (0.45, 0.48, 0.50),
 }
 
+#: Head half-height as a fraction of the canvas (at zoom 1): every face is this tall.
+HEAD_HALF_HEIGHT = 0.28
+_BEARD_DARK = np.asarray((0.10, 0.09, 0.09), F32)
+
 
 @dataclass(frozen=True)
 class FaceLook:
-    """Identity-level appearance, in renderer units (derived from the face parameters)."""
+    """Identity-level appearance, in renderer units (derived from the face parameters).
 
-    face_width: float  # head half-width as a fraction of the canvas, ~0.20-0.25
-    jaw_width: float  # 0 (pointed) .. 1 (square)
-    brow_thickness: float  # px at 224
-    brow_height: float  # fraction of head height above the eyes
-    wrinkles: float  # 0..1
-    grey: float  # 0..1 share of grey in hair and brows
+    Lengths are fractions of the head's half-height unless marked px (at a 240 px canvas).
+    """
+
+    face_width: float  # head half-width / half-height, ~0.62 (narrow, long) .. 0.88 (wide, round)
+    fullness: float  # 0..1: cheek fullness (less taper), neck width, shoulders, double chin
+    jaw_width: float  # 0 (pointed V chin) .. 1 (square, wide jaw)
+    brow_thickness: float  # px at 240; thick brows also get a shading brow ridge
+    brow_height: float  # eye-to-brow gap; high brows are also arched
+    wrinkles: float  # 0..1: lines, eye bags, hooded lids, folds, sagging jowls
+    grey: float  # 0..1 share of grey in hair, brows and stubble
     skin_rgb: tuple[float, float, float]
-    nose_width: float  # fraction of head width
-    lip_fullness: float  # 0..1
-    stubble: float  # 0..1
+    nose_width: float  # nose half-width
+    lip_fullness: float  # 0..1: lip height and redness
+    stubble: float  # 0..1 beard-shadow strength
     hair_rgb: tuple[float, float, float]
     hair_style: str
     eye_rgb: tuple[float, float, float]
@@ -69,6 +97,17 @@ def _ellipse_d(
     return (r - 1.0) * min(rx, ry)
 
 
+def _segment_d(
+    x: np.ndarray, y: np.ndarray, a: tuple[float, float], b: tuple[float, float]
+) -> np.ndarray:
+    """Distance (px) to the segment from ``a`` to ``b``."""
+    ax, ay = a
+    dx, dy = b[0] - ax, b[1] - ay
+    t = np.clip(((x - ax) * dx + (y - ay) * dy) / (dx * dx + dy * dy), 0.0, 1.0)
+    out: np.ndarray = np.hypot(x - ax - t * dx, y - ay - t * dy)
+    return out
+
+
 def _blend(
     img: np.ndarray, rgb: tuple[float, float, float] | np.ndarray, alpha: np.ndarray
 ) -> None:
@@ -78,15 +117,38 @@ def _blend(
     img += a * np.asarray(rgb, dtype=F32)
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Pixel geometry of one head on one canvas (before the in-plane roll)."""
+
+    rx: float  # head half-width at the cheeks
+    ry: float  # head half-height
+    mouth_y: float
+    mouth_w: float  # mouth half-width
+    lip_h: float  # closed lips' half-height
+    open_h: float  # extra opening at mouth_open = 1
+
+
+def _layout(look: FaceLook, scene: Scene, size: int) -> _Layout:
+    ry = HEAD_HALF_HEIGHT * size * scene.scale
+    return _Layout(
+        rx=look.face_width * ry,
+        ry=ry,
+        mouth_y=ry * 0.50,
+        mouth_w=ry * 0.27,
+        lip_h=ry * (0.03 + 0.05 * look.lip_fullness),
+        open_h=ry * 0.13,
+    )
+
+
 def mouth_window(look: FaceLook, scene: Scene, size: int) -> tuple[int, int, int, int]:
     """Pixel box ``(y0, y1, x0, x1)`` that contains everything the mouth opening changes."""
-    rx = look.face_width * size * scene.scale
-    ry = rx * 1.32
-    my = ry * 0.50
+    g = _layout(look, scene, size)
     cx, cy = size / 2.0, size * 0.50
-    mx_img = cx - np.sin(scene.tilt_rad) * my
-    my_img = cy + np.cos(scene.tilt_rad) * my
-    hw, hh = rx * 0.5 + 6, ry * 0.25 + 6
+    mx_img = cx - np.sin(scene.tilt_rad) * g.mouth_y
+    my_img = cy + np.cos(scene.tilt_rad) * g.mouth_y
+    # Soft ellipse edges reach past the lips' half-width by up to 0.5 px per px of half-height.
+    hw, hh = g.mouth_w * 1.5 + 6, g.lip_h + g.open_h * 0.55 + 6
     y0, y1 = max(0, int(my_img - hh)), min(size, int(np.ceil(my_img + hh)))
     x0, x1 = max(0, int(mx_img - hw)), min(size, int(np.ceil(mx_img + hw)))
     return y0, y1, x0, x1
@@ -116,41 +178,57 @@ def render_face(
     x = c * (xx - cx) + si * (yy - cy)
     y = -si * (xx - cx) + c * (yy - cy)
     tex_rng = np.random.default_rng(seed)
+    g = _layout(look, scene, size)
+    rx, ry = g.rx, g.ry
+    full, jaw, wr = look.fullness, look.jaw_width, look.wrinkles
 
     # Background: vertical gradient with soft blobs.
     t = (yy / size)[..., None]
     img = (1 - t) * np.asarray(scene.bg_top, F32) + t * np.asarray(scene.bg_bottom, F32)
     img = img.astype(F32)
 
-    rx = look.face_width * size * scene.scale
-    ry = rx * 1.32
-    # Shoulders and neck.
-    _blend(img, scene.cloth_rgb, _sig(_ellipse_d(x, y, 0, ry * 2.05, rx * 2.3, ry * 0.85)))
+    # Shoulders and neck: broader and thicker with fullness.
+    shoulder = ry * (1.45 + 0.5 * full)
+    _blend(img, scene.cloth_rgb, _sig(_ellipse_d(x, y, 0, ry * 2.05, shoulder, ry * 0.85)))
     skin = np.asarray(look.skin_rgb, F32)
-    neck = _sig(np.maximum(np.abs(x) - rx * 0.55, -(y - ry * 0.4)) * 1.0)
+    neck_w = ry * (0.26 + 0.2 * full)
+    neck = _sig(np.maximum(np.abs(x) - neck_w, -(y - ry * 0.4)) * 1.0)
     neck *= _sig(y - ry * 1.45)
     _blend(img, skin * 0.78, neck)
+    # Double chin: a shaded fold under the chin of full faces.
+    dchin = float(np.clip((full - 0.45) / 0.55, 0.0, 1.0))
+    if dchin > 0:
+        lobe = _ellipse_d(x, y, 0, ry * 0.97, rx * (0.3 + 0.25 * dchin), ry * (0.04 + 0.12 * dchin))
+        _blend(img, skin * 0.7, _sig(lobe))
 
     hair = np.asarray(look.hair_rgb, F32)
+    grey_rgb = np.asarray((0.78, 0.78, 0.76), F32)
+    hair_col = hair * (1 - look.grey) + grey_rgb * look.grey
     hair_tex = 1.0 + 0.12 * tex_rng.standard_normal((size, size)).astype(F32)[y0:y1, x0:x1]
     if look.hair_style == "long":
         back = _sig(_ellipse_d(x, y, 0, ry * 0.25, rx * 1.22, ry * 1.15))
         back *= _sig(y - ry * 1.0)
-        _blend(img, hair[None, None, :] * hair_tex[..., None] * 0.8, back)
+        _blend(img, hair_col[None, None, :] * hair_tex[..., None] * 0.8, back)
 
     # Ears.
     for side in (-1.0, 1.0):
         _blend(
             img,
             skin * 0.85,
-            _sig(_ellipse_d(x, y, side * rx * 0.98, -ry * 0.02, rx * 0.16, ry * 0.2)),
+            _sig(_ellipse_d(x, y, side * rx * 0.98, -ry * 0.02, ry * 0.12, ry * 0.2)),
         )
 
-    # Head: ellipse whose lower half narrows towards the chin depending on jaw width.
+    # Head: an ellipse whose lower half tapers towards the chin (less for a wide jaw or full
+    # cheeks), with a superellipse chin from pointed (jaw 0) to square (jaw 1), and jowls that
+    # sag out just above the jaw line with age.
     yn = y / ry
-    narrow = 1.0 - np.clip(yn, 0.0, 1.0) ** 2 * (0.45 - 0.3 * look.jaw_width)
-    head_d = (np.sqrt((x / (rx * narrow)) ** 2 + yn**2) - 1.0) * rx
-    head = _sig(head_d)
+    low = np.clip(yn, 0.0, 1.0)
+    taper = 0.56 - 0.36 * jaw - 0.14 * full
+    narrow = 1.0 - low**2 * taper + 0.07 * wr * np.exp(-(((yn - 0.75) / 0.12) ** 2))
+    p = np.where(yn > 0, 1.6 + 2.4 * jaw, 2.0)
+    ax = np.abs(x / (rx * narrow))
+    head_r = (ax**p + np.abs(yn) ** p) ** (1.0 / p)
+    head = _sig((head_r - 1.0) * rx)
     # Lambert shading of an ellipsoid.
     nx = np.clip(x / (rx * narrow), -1, 1)
     ny = np.clip(yn, -1, 1)
@@ -160,69 +238,91 @@ def render_face(
     face_rgb = skin[None, None, :] * shade[..., None]
     _blend(img, face_rgb, head)
 
-    # Wrinkles: forehead lines and nasolabial folds.
-    if look.wrinkles > 0.05:
+    # Eye, nose and mouth layout (units of the head's height: independent of its width).
+    ey, ex = -ry * 0.08, ry * 0.31
+    erx, ery = ry * 0.15, ry * 0.075
+    nw = ry * look.nose_width
+    my, mw = g.mouth_y, g.mouth_w
+
+    # Age: forehead lines, under-eye bags, nasolabial and marionette folds.
+    if wr > 0.02:
         for k in range(3):
             yl = -ry * (0.42 + 0.09 * k)
-            d = np.abs(y - yl - 0.04 * (x**2) / rx) - 0.8 * s
-            m = _sig(d) * (np.abs(x) < rx * 0.45) * head * look.wrinkles * 0.35
+            d = np.abs(y - yl - 0.04 * (x**2) / rx) - 0.9 * s
+            m = _sig(d) * (np.abs(x) < rx * 0.5) * head * wr * 0.45
             _blend(img, skin * 0.55, m)
         for side in (-1.0, 1.0):
-            d = np.abs((x - side * rx * 0.22) - side * 0.35 * (y - ry * 0.15)) - 0.8 * s
-            m = _sig(d) * (y > ry * 0.05) * (y < ry * 0.42) * look.wrinkles * 0.4
-            _blend(img, skin * 0.6, m)
+            bag = _sig(_ellipse_d(x, y, side * ex, ey + ery * 1.8, erx * 0.95, ery * 1.2))
+            _blend(img, skin * 0.65, bag * wr * 0.45)
+            fold = _segment_d(x, y, (side * nw * 1.1, ry * 0.22), (side * (mw + ry * 0.06), my))
+            _blend(
+                img, skin * 0.55, np.clip(1.0 - fold / (1.0 * s + 3.5 * s * wr), 0, 1) * wr * 0.6
+            )
+            mar = _segment_d(
+                x,
+                y,
+                (side * (mw + ry * 0.02), my + ry * 0.04),
+                (side * (mw + ry * 0.06), my + ry * 0.25),
+            )
+            _blend(img, skin * 0.6, np.clip(1.0 - mar / (1.0 * s + 2.5 * s * wr), 0, 1) * wr * 0.5)
 
-    # Stubble on the lower face.
-    if look.stubble > 0.05:
-        low = np.clip((y - ry * 0.2) / (ry * 0.2), 0.0, 1.0) * head
-        low *= 1.0 - _sig(_ellipse_d(x, y, 0, ry * 0.36, rx * 0.32, ry * 0.14))
-        grain = tex_rng.random((size, size)).astype(F32)[y0:y1, x0:x1] < 0.5
-        _blend(img, hair * 0.9, low * grain * look.stubble * 0.55)
+    # Beard shadow over jaw, chin and upper lip (not the cheeks).
+    if look.stubble > 0.02:
+        sides = np.clip((ax - 0.55) / 0.2, 0.0, 1.0) * np.clip((yn - 0.02) / 0.2, 0.0, 1.0)
+        chin = np.clip((y - ry * 0.33) / (ry * 0.12), 0.0, 1.0)
+        lip = _sig(_ellipse_d(x, y, 0, ry * 0.385, ry * 0.3, ry * 0.075))
+        beard = np.maximum(np.maximum(sides, chin), lip) * head
+        grain = tex_rng.random((size, size)).astype(F32)[y0:y1, x0:x1]
+        beard_rgb = 0.55 * _BEARD_DARK + 0.45 * hair_col
+        _blend(img, beard_rgb, beard * (0.75 + 0.25 * grain) * look.stubble * 0.85)
 
-    # Eyes.
-    ey = -ry * 0.08
-    ex = rx * 0.40
-    erx, ery = rx * 0.20, ry * 0.075
+    # Eyes, with lids that droop (hood) with age, and brows over a brow ridge.
+    ridge = float(np.clip((look.brow_thickness - 2.0) / 7.0, 0.0, 1.0))
+    brow_rgb = (0.5 * hair + 0.5 * _BEARD_DARK) * (1 - look.grey) + grey_rgb * look.grey
     for side in (-1.0, 1.0):
         xe = side * ex
-        socket = _sig(_ellipse_d(x, y, xe, ey - ery * 0.3, erx * 1.35, ery * 2.0))
-        _blend(img, skin * 0.7, socket * 0.5)
+        by = ey - ry * look.brow_height
+        socket = _sig(_ellipse_d(x, y, xe, ey - ery * 0.6, erx * 1.4, ery * 1.6 + (ey - by) * 0.5))
+        _blend(img, skin * 0.62, socket * (0.25 + 0.45 * ridge))
         sclera = _sig(_ellipse_d(x, y, xe, ey, erx, ery))
         _blend(img, (0.93, 0.92, 0.90), sclera)
         iris = _sig(_ellipse_d(x, y, xe, ey, ery * 1.05, ery * 1.05)) * sclera
         _blend(img, look.eye_rgb, iris)
         pupil = _sig(_ellipse_d(x, y, xe, ey, ery * 0.5, ery * 0.5)) * sclera
         _blend(img, (0.03, 0.03, 0.03), pupil)
+        hood = sclera * _sig(y - (ey - ery * (1.0 - 0.75 * wr)))
+        _blend(img, skin * 0.8, hood)
         lid = _sig(np.abs(_ellipse_d(x, y, xe, ey, erx, ery)) - 1.0 * s) * (y < ey)
         _blend(img, (0.1, 0.07, 0.06), lid)
-        # Eyebrow: a thick arc.
-        by = ey - ry * look.brow_height
+        # Eyebrow: an arc, arched more the higher it sits.
+        arch = ry * (0.005 + 0.3 * max(look.brow_height - 0.07, 0.0))
+        u = (x - xe) / (erx * 1.3)
         arc = (
-            np.abs(y - by + 0.35 * ery * (1 - ((x - xe) / (erx * 1.3)) ** 2))
-            - look.brow_thickness * s / 2
+            np.abs(y - by + arch * (1 - u**2) - 0.3 * arch * side * u) - look.brow_thickness * s / 2
         )
         brow = _sig(arc) * (np.abs(x - xe) < erx * 1.3)
-        brow_rgb = hair * (1 - look.grey) + np.asarray((0.75, 0.75, 0.75), F32) * look.grey
-        _blend(img, brow_rgb * 0.8, brow)
+        _blend(img, brow_rgb, brow * 0.9)
 
-    # Nose: a shadow on the lit side's opposite and two nostrils.
-    nw = rx * look.nose_width
+    # Nose: a shadow on the lit side's opposite, the tip, the wings and two nostrils.
     side_shadow = -1.0 if lx > 0 else 1.0
-    ridge = _sig(np.abs(x - side_shadow * nw * 0.45) - 1.2 * s) * (y > ey + ery) * (y < ry * 0.25)
-    _blend(img, skin * 0.62, ridge * 0.6)
-    tip = _sig(_ellipse_d(x, y, 0, ry * 0.26, nw * 0.75, ry * 0.07))
+    nr = _sig(np.abs(x - side_shadow * nw * 0.45) - 1.2 * s) * (y > ey + ery) * (y < ry * 0.25)
+    _blend(img, skin * 0.62, nr * 0.6)
+    tip = _sig(_ellipse_d(x, y, 0, ry * 0.26, nw * 0.6, ry * 0.07))
     _blend(img, skin * 0.8, tip * 0.5)
     for side in (-1.0, 1.0):
-        nos = _sig(_ellipse_d(x, y, side * nw * 0.38, ry * 0.30, nw * 0.2, ry * 0.028))
+        wing = _sig(_ellipse_d(x, y, side * nw * 0.8, ry * 0.27, nw * 0.3, ry * 0.06))
+        _blend(img, skin * 0.68, wing * 0.7)
+        nos = _sig(_ellipse_d(x, y, side * nw * 0.4, ry * 0.30, nw * 0.2, ry * 0.028))
         _blend(img, skin * 0.3, nos)
 
     # Mouth: lips, and a dark opening whose height follows the speech envelope.
-    my = ry * 0.50
-    mw = rx * 0.36
-    lip_h = ry * (0.045 + 0.035 * look.lip_fullness)
-    open_h = ry * 0.13 * float(np.clip(mouth_open, 0.0, 1.0))
+    lip_h = g.lip_h
+    open_h = g.open_h * float(np.clip(mouth_open, 0.0, 1.0))
     lips = _sig(_ellipse_d(x, y, 0, my, mw, lip_h + open_h * 0.55))
-    lip_rgb = skin * np.asarray((0.85, 0.55, 0.55), F32)
+    lf = look.lip_fullness
+    lip_rgb = skin * np.asarray((0.85, 0.55, 0.55), F32) * (1 - 0.7 * lf) + 0.7 * lf * (
+        np.asarray((0.62, 0.16, 0.2), F32) * (0.55 + 0.45 * float(skin.mean()))
+    )
     _blend(img, lip_rgb, lips)
     gap = _sig(_ellipse_d(x, y, 0, my, mw * 0.82, max(open_h * 0.5, 0.6 * s)))
     _blend(img, (0.12, 0.04, 0.05), gap)
@@ -241,7 +341,6 @@ def render_face(
             if look.hair_style != "curly"
             else 1.0 + 0.3 * np.sin(x * 0.9) * np.sin(y * 0.9)
         )
-        hair_col = hair * (1 - look.grey) + np.asarray((0.78, 0.78, 0.76), F32) * look.grey
         _blend(img, hair_col[None, None, :] * tex[..., None] * (0.7 + 0.3 * shade[..., None]), cap)
     else:
         _blend(img, skin * 1.05, head * _sig(y + ry * 0.5) * 0.3)
