@@ -91,7 +91,7 @@ def tiny_params(text: str) -> str:
 
 METHODS = ("cid", "wen2021", "cmpc", "bipseudo")
 REPO_SEEDS = (1, 2, 3)
-SEEDS = (1, 2)  # the tiny run's training seeds
+SEEDS = (1,)  # the tiny run's training seed (test_adding_a_seed_trains_only_that_seed adds one)
 
 
 def seeded(seeds: tuple[int, ...] = SEEDS) -> tuple[str, ...]:
@@ -131,8 +131,6 @@ def test_outputs_exist_and_are_consistent(tiny_repo: tuple[Path, dict[str, str],
         history = json.loads((repo / f"reports/train/cid/s{seed}_history.json").read_text())
         assert len(history) == train_epochs(repo) and train["final_loss"] < history[0]["loss"]
         assert train["seed"] == seed and (repo / f"models/cid/s{seed}/model.pt").is_file()
-    a, b = (json.loads((repo / f"reports/train/cid/s{s}.json").read_text()) for s in SEEDS)
-    assert a["final_loss"] != b["final_loss"]  # the seeds train different models
 
 
 @pytest.mark.e2e
@@ -171,8 +169,8 @@ def test_every_method_is_evaluated_and_reported(
         ]
         assert agg["seeds"] == list(SEEDS) and leaf["n"] == len(SEEDS)
         assert abs(leaf["mean"] - sum(per_seed) / len(per_seed)) < 1e-4
-        assert leaf["ci95_low"] <= leaf["mean"] <= leaf["ci95_high"]
-        assert leaf["boot95_low"] <= leaf["boot95_high"]
+        assert "half_width" not in leaf  # one seed: no interval over seeds ...
+        assert leaf["boot95_low"] <= leaf["boot95_high"]  # ... but one over test identities
     verdicts = json.loads((repo / "reports/metrics/aggregate/verdicts.json").read_text())
     head = verdicts["metrics"]["match_1to2"]["v2f"]["U"]["test_unseen"]
     assert head["top"] in head["tied_for_first"] and set(head["vs_reference"]) == set(METHODS) - {
@@ -213,10 +211,10 @@ def test_metrics_and_oracle_commands(tiny_repo: tuple[Path, dict[str, str], floa
     shown = _run(["dvc", "metrics", "show", "--json"], repo, env)
     assert "speech_fraction_truth_mean" in shown and "test_unseen" in shown
     assert "reports/metrics/aggregate/bipseudo.json" in shown
-    assert "reports/metrics/oracle.json" in shown and "reports/metrics/seeds/cid-s2.json" in shown
+    assert "reports/metrics/oracle.json" in shown and "reports/metrics/seeds/cid-s1.json" in shown
     plots = _run(["dvc", "plots", "show", "--json"], repo, env)
     assert "reports/eval/cmpc/s1/roc.csv" in plots
-    assert "reports/train/wen2021/s2_history.json" in plots
+    assert "reports/train/wen2021/s1_history.json" in plots
     oracle = json.loads(_run([sys.executable, "-m", "pipeline.oracle"], repo, env))
     assert oracle["test_identities"] >= 4 and 0.5 < oracle["oracle_1to2_v2f_U"] <= 1.0
 
@@ -287,7 +285,11 @@ def test_adding_a_seed_trains_only_that_seed(
     out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
     assert_stages(out, ran=(*seeded((7,)), "aggregate", "report"), skipped=ALL_STAGES[:-2])
     agg = json.loads((repo / "reports/metrics/aggregate/cmpc.json").read_text())
-    assert agg["seeds"] == [*SEEDS, 7] and agg["match_1to2"]["v2f"]["U"]["test_unseen"]["n"] == 3
+    leaf = agg["match_1to2"]["v2f"]["U"]["test_unseen"]
+    assert agg["seeds"] == [*SEEDS, 7] and leaf["n"] == len(SEEDS) + 1
+    assert leaf["ci95_low"] <= leaf["mean"] <= leaf["ci95_high"]  # two seeds: an interval
+    a, b = (json.loads((repo / f"reports/train/cid/s{s}.json").read_text()) for s in (*SEEDS, 7))
+    assert a["final_loss"] != b["final_loss"]  # the seeds train different models
     params.write_text(text)  # back to the committed seeds: nothing to train again
     out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
     assert_stages(out, ran=("aggregate", "report"), skipped=ALL_STAGES[:-2])
