@@ -1,0 +1,106 @@
+"""DVC lineage: every stage depends on every project module its command imports.
+
+The imports are read from the source (``import pipeline.x`` / ``from pipeline.x import y``,
+anywhere in a module, followed transitively), so an edit to any module a stage runs makes that
+stage stale. A module a stage imports but whose edits cannot change its results may be left out
+only when ``dvc.yaml`` says so in :data:`NOT_RESULTS` below (none today).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+from tests.conftest import REPO
+
+#: (stage, module path) pairs deliberately left out of a stage's deps, with the reason in dvc.yaml.
+NOT_RESULTS: frozenset[tuple[str, str]] = frozenset()
+
+
+def _module_file(name: str) -> Path | None:
+    base = REPO / Path(*name.split("."))
+    for cand in (base.with_suffix(".py"), base / "__init__.py"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    """Project modules (``pipeline.*``, ``stages.*``) that ``path`` imports, anywhere in it."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # ``from pipeline.x import y``: y may itself be a module
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        else:
+            continue
+        out |= {n for n in names if n.split(".")[0] in ("pipeline", "stages") and _module_file(n)}
+    return out
+
+
+def runs(module: str) -> set[str]:
+    """Repository-relative files of every project module ``module`` runs (itself included);
+    empty package ``__init__`` files are left out."""
+    seen: set[str] = set()
+    todo = [module]
+    files: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        f = _module_file(name)
+        assert f is not None, name
+        if f.name != "__init__.py" or f.read_text().strip():
+            files.add(f.relative_to(REPO).as_posix())
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run too
+        todo += sorted(_imports(f))
+    return files
+
+
+def _stages() -> list[tuple[str, str, list[str]]]:
+    """(stage name, command's module, deps) of every stage, matrix items expanded."""
+    doc = YAML(typ="safe").load((REPO / "dvc.yaml").read_text())
+    params = YAML(typ="safe").load((REPO / "params.yaml").read_text())
+    out = []
+    for name, stage in doc["stages"].items():
+        items: list[dict[str, str]] = [{}]
+        if "matrix" in stage:
+            (key, ref), *_ = [(k, v) for k, v in stage["matrix"].items() if k == "method"]
+            node = params
+            for part in ref.strip("${}").split("."):
+                node = node[part]
+            items = [{"item.method": m} for m in node]
+        for item in items:
+            deps = []
+            for d in stage.get("deps", []):
+                for k, v in item.items():
+                    d = d.replace("${" + k + "}", v)
+                deps.append(d)
+            m = re.search(r"python -m (stages\.\w+)", stage["cmd"])
+            assert m, stage["cmd"]
+            out.append((name, m.group(1), deps))
+    return out
+
+
+@pytest.mark.parametrize(("stage", "module", "deps"), _stages(), ids=lambda x: str(x)[:30])
+def test_stage_deps_cover_the_code_it_runs(stage: str, module: str, deps: list[str]) -> None:
+    def covered(f: str) -> bool:
+        return any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)
+
+    missing = sorted(f for f in runs(module) if not covered(f) and (stage, f) not in NOT_RESULTS)
+    assert not missing, f"dvc.yaml stage {stage!r} runs {missing} but does not depend on them"
+
+
+def test_the_import_walk_finds_indirect_imports() -> None:
+    files = runs("stages.train")
+    # stages.train -> pipeline.pairs -> pipeline.features -> pipeline.media
+    assert {"stages/train.py", "pipeline/pairs.py", "pipeline/features.py"} <= files
+    assert "pipeline/media.py" in files and "pipeline/report.py" not in files
