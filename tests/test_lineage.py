@@ -73,7 +73,7 @@ def _stages() -> list[tuple[str, str, list[str]]]:
     for name, stage in doc["stages"].items():
         items: list[dict[str, str]] = [{}]
         if "matrix" in stage:
-            (key, ref), *_ = [(k, v) for k, v in stage["matrix"].items() if k == "method"]
+            ref = stage["matrix"]["method"]  # the other matrix key, seed, adds no code
             node = params
             for part in ref.strip("${}").split("."):
                 node = node[part]
