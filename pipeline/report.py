@@ -351,16 +351,21 @@ def load_first_frames(faces_dir: Path | str, clip_keys: Sequence[str]) -> dict[s
 # ---------------------------------------------------------------------------------- numbers
 
 
+def _node(tree: Any, *keys: str) -> Any:
+    """``tree[k1][k2]...``, or None where a key is absent."""
+    for key in keys:
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
+
+
 def metric(
     metrics: dict[str, Any] | None, protocol: str, direction: str, constraint: str, split: str
 ) -> float | None:
     """One number of a metrics file, or None where it is absent. In an aggregate over seeds, a
     leaf ``{mean, ...}`` gives its mean."""
-    node: Any = metrics
-    for key in (protocol, direction, constraint, split):
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
+    node = _node(metrics, protocol, direction, constraint, split)
     if isinstance(node, dict):
         node = node.get("mean")
     if isinstance(node, bool) or not isinstance(node, int | float):
@@ -452,11 +457,7 @@ def metric_leaf(
 ) -> dict[str, Any]:
     """The aggregate leaf of one metric (``{mean, half_width, ci95_low, ...}``); a plain number
     becomes ``{"mean": x}``, an absent one ``{}``."""
-    node: Any = metrics
-    for key in (protocol, direction, constraint, split):
-        if not isinstance(node, dict) or key not in node:
-            return {}
-        node = node[key]
+    node = _node(metrics, protocol, direction, constraint, split)
     if isinstance(node, dict):
         return node
     return {"mean": node} if isinstance(node, int | float) else {}
@@ -481,11 +482,7 @@ def _range(low: Any, high: Any, scale: float = 100.0) -> str:
 def _verdict_entry(
     inputs: ReportInputs, protocol: str, direction: str, constraint: str, split: str
 ) -> dict[str, Any] | None:
-    node: Any = (inputs.verdicts or {}).get("metrics")
-    for key in (protocol, direction, constraint, split):
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
+    node = _node((inputs.verdicts or {}).get("metrics"), protocol, direction, constraint, split)
     return node if isinstance(node, dict) else None
 
 
