@@ -71,6 +71,31 @@ def select_track(
     return out
 
 
+#: A clip is flagged when another face wins a frame's prominence, or when its best prominence is
+#: at least this share of the track's (two people in shot: the audio may mix both voices).
+RIVAL_SHARE = 0.5
+
+
+def rival_faces(
+    dets: list[Detections], track: list[int | None], width: int, height: int, min_prob: float
+) -> tuple[int, float]:
+    """How strongly another face competes with the selected track: (frames in which another
+    confident face, overlapping the track's face by IoU < 0.3, is the most prominent; the best
+    prominence of such a face over the track face's best, 0 when there is none)."""
+    won, rival, own = 0, 0.0, 0.0
+    for d, k in zip(dets, track, strict=True):
+        if k is None:
+            continue
+        confident = np.flatnonzero(d.probs >= min_prob)
+        score = _prominence(d.boxes[confident], width, height)
+        apart = iou(d.boxes[confident], d.boxes[k]) < 0.3
+        own = max(own, float(score[confident == k].max()))
+        if apart.any():
+            rival = max(rival, float(score[apart].max()))
+            won += int(apart[int(np.argmax(score))])
+    return won, (rival / own if own > 0 else 0.0)
+
+
 def crop_face(frame: np.ndarray, box: np.ndarray, margin: float, size: int) -> np.ndarray:
     """Square crop around ``box`` enlarged by ``margin`` (fraction of its side), resized to
     ``size`` px; areas outside the frame are black. Returns (size, size, 3) uint8."""
@@ -181,6 +206,16 @@ def face_shard(
         res.counts["frames_with_face"] += kept
         if kept:
             res.counts["clips_out"] += 1
+            won, share = rival_faces(dets, track, w, h, cfg.min_prob)
+            if won or share >= RIVAL_SHARE:
+                res.counts["clips_competing_faces"] += 1
+                res.flagged.append(
+                    (
+                        clip.clip_key,
+                        f"a second face competes for the track (wins {won} of {len(frames)} "
+                        f"frames; prominence {share:.2f} x the kept face's)",
+                    )
+                )
         else:
             res.fail(
                 clip,

@@ -15,10 +15,12 @@ import atexit
 import contextlib
 import os
 import pickle
+import re
 import select
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -179,25 +181,50 @@ def shared(timeout_s: float) -> Isolated:
         return _shared[key]
 
 
+#: The most of a failed call's decoder messages kept in its error (characters, the last ones).
+DECODER_MESSAGES_KEPT = 400
+
+
+def _with_messages(err: Exception, said: str) -> Exception:
+    """``err`` with the decoder's own messages of the failed call appended to its message."""
+    said = " | ".join(line.strip() for line in said.splitlines() if line.strip())
+    # Addresses and clock times differ run to run; failure rows must not.
+    said = re.sub(r"\[\d\d:\d\d:\d\d\] ?", "", re.sub(r"0x[0-9a-fA-F]+", "0x…", said))
+    if said and err.args and isinstance(err.args[0], str):
+        err.args = (f"{err.args[0]} [decoder: {said[-DECODER_MESSAGES_KEPT:]}]", *err.args[1:])
+    return err
+
+
 def _serve() -> None:
-    """Child side: read (fn, args) requests until end of input, answer each."""
+    """Child side: read (fn, args) requests until end of input, answer each.
+
+    Whatever native code prints (FFmpeg's messages on damaged or odd files) goes to a scratch
+    file, not to the console: a failed call carries the last of it in its error message, so it
+    ends up in the stage's failure row; a successful call's messages are dropped.
+    """
     proto_in = os.fdopen(os.dup(0), "rb")
     proto_out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # anything printed by native code goes to stderr, not into the protocol
-    while True:
-        head = proto_in.read(_HEADER.size)
-        if len(head) < _HEADER.size:
-            return
-        (size,) = _HEADER.unpack(head)
-        fn, args = pickle.loads(proto_in.read(size))
-        try:
-            reply: tuple[str, object] = ("ok", fn(*args))
-        except Exception as e:
-            reply = ("err", e)
-        try:
-            _send(proto_out, reply)
-        except (pickle.PicklingError, TypeError, AttributeError) as e:
-            _send(proto_out, ("err", RuntimeError(f"unpicklable result or error: {e}")))
+    with tempfile.TemporaryFile() as scratch:
+        os.dup2(scratch.fileno(), 1)  # nothing printed may reach the protocol or the console
+        os.dup2(scratch.fileno(), 2)
+        while True:
+            head = proto_in.read(_HEADER.size)
+            if len(head) < _HEADER.size:
+                return
+            (size,) = _HEADER.unpack(head)
+            fn, args = pickle.loads(proto_in.read(size))
+            scratch.seek(0)
+            scratch.truncate()
+            try:
+                reply: tuple[str, object] = ("ok", fn(*args))
+            except Exception as e:
+                sys.stderr.flush()
+                scratch.seek(0)
+                reply = ("err", _with_messages(e, scratch.read().decode("utf-8", "replace")))
+            try:
+                _send(proto_out, reply)
+            except (pickle.PicklingError, TypeError, AttributeError) as e:
+                _send(proto_out, ("err", RuntimeError(f"unpicklable result or error: {e}")))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,15 @@ Layouts (``shared/docs/VOXCELEB.md``):
 
 - ``voxceleb2`` / ``synth``: ``mp4/<id>/<video>/<utt>.mp4`` (and audio-only ``aac/.../*.m4a``);
 - ``voxceleb1``: ``wav/<id>/<video>/<utt>.wav`` with 1 fps face crops under
-  ``<faces_dir>/<VGGFace1 name>/1.6/<video>/*.jpg`` joined through ``vox1_meta.csv``.
+  ``<faces_dir>/<VGGFace1 name>/1.6/<video>/*.jpg`` joined through ``vox1_meta.csv``;
+- ``generic``: any dataset (LRS3, CREMA-D, HDTF, GRID, a lab's own recordings). ``data.meta`` is a
+  clip list, one row per clip (:func:`read_clip_list`): the media path (a video of any container
+  FFmpeg reads, or an audio file plus a folder of face images), the identity, and optionally the
+  video id, the utterance name, gender, nationality and age.
+
+Every file inside the layout's media trees (or, for ``generic``, under the root) that does not
+become a clip is a row of ``skipped.parquet`` with its reason (another container, a name that is
+not an utterance number, an empty file, not listed in the clip list, ...).
 
 Metadata: VoxCeleb1's (tab-separated; the synthetic corpus writes the same format) or VoxCeleb2's
 (comma-separated with trailing spaces in header and values). Splits: identity-disjoint train / val
@@ -34,6 +42,13 @@ class ManifestError(ValueError):
 
 _ID_RE = re.compile(r"^id\d{5}$")
 _UTT_RE = re.compile(r"^\d{5}\.(mp4|m4a|wav)$")
+
+#: Containers the generic layout indexes (whatever FFmpeg, through decord, decodes).
+VIDEO_EXTS: frozenset[str] = frozenset(
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".mpg", ".mpeg", ".ts", ".3gp"}
+)
+AUDIO_EXTS: frozenset[str] = frozenset({".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus"})
+IMAGE_EXTS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png"})
 
 
 # ---------------------------------------------------------------- metadata
@@ -134,18 +149,36 @@ def _files(path: Path) -> list[os.DirEntry[str]]:
         return sorted((e for e in it if e.is_file()), key=lambda e: e.name)
 
 
+def _misplaced(base: Path, top: str, depth: int, scan: Scan) -> None:
+    """Files at depth ``depth`` (0: ``top/``, 1: ``top/<id>/``) are not clips: skipped rows."""
+    for f in _files(base):
+        rel = f"{top}/{f.name}" if depth == 0 else f"{top}/{base.name}/{f.name}"
+        scan.skipped.append((rel, f"file outside the {top}/<id>/<video>/ folders: not a clip"))
+
+
 def _scan_tree(root: Path, top: str, ext: str, kind: str, scan: Scan) -> None:
-    """Walk ``root/top/<id>/<video>/<utt>.<ext>`` appending clips (``kind``) to ``scan``."""
+    """Walk ``root/top/<id>/<video>/<utt>.<ext>`` appending clips (``kind``) to ``scan``; every
+    other file of the tree becomes a skipped row with its reason."""
     base = root / top
+    _misplaced(base, top, 0, scan)
     for ident in _subdirs(base):
         if not _ID_RE.match(ident.name):
             scan.skipped.append((f"{top}/{ident.name}", "folder name is not an identity (idNNNNN)"))
             continue
+        _misplaced(Path(ident.path), top, 1, scan)
         for video in _subdirs(Path(ident.path)):
             for f in _files(Path(video.path)):
                 rel = f"{top}/{ident.name}/{video.name}/{f.name}"
                 if not f.name.endswith(f".{ext}"):
-                    continue  # unrelated files (e.g. .txt) are ignored
+                    found = os.path.splitext(f.name)[1] or "(no extension)"
+                    scan.skipped.append(
+                        (
+                            rel,
+                            f"container {found} is not the layout's .{ext} under {top}/: "
+                            "list such files in a generic-layout clip list (data.layout: generic)",
+                        )
+                    )
+                    continue
                 if not _UTT_RE.match(f.name):
                     scan.skipped.append((rel, "file name is not an utterance number (NNNNN)"))
                     continue
@@ -215,6 +248,182 @@ def scan_voxceleb1(root: Path, faces_dir: Path, meta: pd.DataFrame) -> Scan:
         clip.update(media_kind="audio_crops", face_dir=rel_faces, n_face_crops=crops[key])
         kept.append(clip)
     scan.clips = kept
+    return scan
+
+
+# ---------------------------------------------------------------- the generic layout
+
+#: Columns of a generic clip list; ``path`` and ``identity`` are required.
+CLIP_LIST_COLUMNS: tuple[str, ...] = (
+    "path",
+    "identity",
+    "video_id",
+    "utterance",
+    "face_path",
+    "gender",
+    "nationality",
+    "age",
+)
+_GENDER = {"m": "m", "male": "m", "man": "m", "f": "f", "female": "f", "woman": "f", "": None}
+_NAME_RE = re.compile(r"^[^/\\\x00]+$")
+
+
+def read_clip_list(path: Path | str) -> pd.DataFrame:
+    """Read a generic-layout clip list (CSV, comma-separated, a header row).
+
+    Columns (:data:`CLIP_LIST_COLUMNS`): ``path`` (the media file, relative to ``data.root``) and
+    ``identity`` are required; ``video_id`` (default: the file's name without extension, i.e.
+    every file its own recording), ``utterance`` (default: the same), ``face_path`` (for an audio
+    file: a folder of face images, relative to ``data.root``), ``gender`` (m / f / male / female /
+    empty), ``nationality`` and ``age`` (years) are optional; other columns are ignored. Returns
+    one row per clip with every column (missing values null). Raises :class:`ManifestError`
+    naming the file and line (a missing column, an empty path or identity, a name with ``/``, an
+    unknown gender, the same clip twice, an identity whose attributes differ between rows).
+    """
+    p = Path(path)
+    text = _read_text(p).replace("\r\n", "\n").replace("\r", "\n")
+    rows = list(csv.reader(io.StringIO(text)))
+    rows = [r for r in rows if any(v.strip() for v in r)]
+    if not rows:
+        raise ManifestError(f"{p}: clip list is empty")
+    header = [h.strip().lower() for h in rows[0]]
+    missing = [c for c in ("path", "identity") if c not in header]
+    if missing:
+        raise ManifestError(f"{p}: header {header} lacks the required column(s) {missing}")
+    col = {c: header.index(c) for c in CLIP_LIST_COLUMNS if c in header}
+    records: list[dict[str, object]] = []
+    seen: dict[str, int] = {}
+    for lineno, row in enumerate(rows[1:], start=2):
+        vals = [v.strip() for v in row]
+        if len(vals) != len(header):
+            raise ManifestError(
+                f"{p}: line {lineno} has {len(vals)} fields, header has {len(header)}"
+            )
+        rec: dict[str, object] = {
+            c: (vals[i] or None) if c in col else None
+            for c, i in ((c, col.get(c, -1)) for c in CLIP_LIST_COLUMNS)
+        }
+        if not rec["path"] or not rec["identity"]:
+            raise ManifestError(f"{p}: line {lineno}: empty path or identity")
+        stem = os.path.splitext(os.path.basename(str(rec["path"])))[0]
+        rec["video_id"] = rec["video_id"] or stem
+        rec["utterance"] = rec["utterance"] or stem
+        for c in ("identity", "video_id", "utterance"):
+            if not _NAME_RE.match(str(rec[c])):
+                raise ManifestError(f"{p}: line {lineno}: {c} {rec[c]!r} must not contain '/'")
+        g = str(rec["gender"] or "").lower()
+        if g not in _GENDER:
+            raise ManifestError(
+                f"{p}: line {lineno}: gender {rec['gender']!r} is not m / f / male / female / empty"
+            )
+        rec["gender"] = _GENDER[g]
+        if rec["age"] is not None:
+            try:
+                rec["age"] = float(str(rec["age"]))
+            except ValueError:
+                raise ManifestError(
+                    f"{p}: line {lineno}: age {rec['age']!r} is not a number of years"
+                ) from None
+        key = f"{rec['identity']}/{rec['video_id']}/{rec['utterance']}"
+        if key in seen:
+            raise ManifestError(
+                f"{p}: line {lineno}: clip {key} is also on line {seen[key]} (give the rows "
+                "distinct video_id or utterance values)"
+            )
+        seen[key] = lineno
+        records.append(rec)
+    frame = pd.DataFrame.from_records(records, columns=list(CLIP_LIST_COLUMNS))
+    for attr in ("gender", "nationality", "age"):
+        varying = frame.groupby("identity")[attr].nunique(dropna=True)
+        if (varying > 1).any():
+            ident = varying[varying > 1].index[0]
+            raise ManifestError(f"{p}: identity {ident!r} has several values of {attr}")
+    return frame
+
+
+def generic_meta(clip_list: pd.DataFrame) -> pd.DataFrame:
+    """Per-identity metadata of a clip list, in :func:`read_meta`'s columns."""
+    first = clip_list.groupby("identity", sort=True)[["gender", "nationality"]].first()
+    return pd.DataFrame(
+        {
+            "identity": first.index.astype(str),
+            "name": None,
+            "gender": first["gender"].to_numpy(dtype=object),
+            "nationality": first["nationality"].to_numpy(dtype=object),
+            "set": None,
+        }
+    ).replace({np.nan: None})
+
+
+def _rel(root: Path, path: str) -> str:
+    return os.path.normpath(path if not os.path.isabs(path) else os.path.relpath(path, root))
+
+
+def scan_generic(root: Path, clip_list: pd.DataFrame, list_path: Path) -> Scan:
+    """Clips of a generic-layout root: every listed file that exists and is a video, or an audio
+    file (with its face-image folder when ``face_path`` is given). Every file under ``root`` that
+    is not a clip is a skipped row with its reason."""
+    scan = Scan()
+    used: set[str] = set()
+    face_dirs: set[str] = set()
+    for rec in clip_list.itertuples(index=False):
+        rel = _rel(root, str(rec.path))
+        used.add(rel)
+        f = root / rel
+        ext = os.path.splitext(rel)[1].lower()
+        if not f.is_file():
+            scan.skipped.append((rel, f"listed in {list_path.name} but not found"))
+            continue
+        size = f.stat().st_size
+        if size == 0:
+            scan.skipped.append((rel, "empty file"))
+            continue
+        face_dir, n_crops, kind = None, 0, ""
+        if ext in VIDEO_EXTS:
+            kind = "video"
+        elif ext in AUDIO_EXTS:
+            kind = "audio"
+            if rec.face_path is not None:
+                face_dir = _rel(root, str(rec.face_path))
+                d = root / face_dir
+                n_crops = (
+                    sum(1 for e in os.scandir(d) if os.path.splitext(e.name)[1].lower()
+                        in IMAGE_EXTS) if d.is_dir() else 0
+                )  # fmt: skip
+                if n_crops == 0:
+                    scan.skipped.append((rel, f"face_path {face_dir}: no face images (jpg/png)"))
+                    continue
+                kind = "audio_crops"
+                face_dirs.add(face_dir)
+        else:
+            scan.skipped.append(
+                (rel, f"unsupported file type {ext or '(no extension)'}: not a video or audio")
+            )
+            continue
+        scan.clips.append(
+            {
+                "identity": str(rec.identity),
+                "video_id": str(rec.video_id),
+                "utterance": str(rec.utterance),
+                "media_path": rel,
+                "media_kind": kind,
+                "face_dir": face_dir,
+                "n_face_crops": n_crops,
+                "size_bytes": size,
+            }
+        )
+    list_rel = _rel(root, str(list_path.resolve()))
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, root)
+        if rel_dir != "." and any(
+            str(d) in face_dirs for d in (Path(rel_dir), *Path(rel_dir).parents)
+        ):
+            continue  # a face-image folder of a listed clip
+        for name in sorted(filenames):
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            if rel not in used and rel != list_rel:
+                scan.skipped.append((rel, f"not listed in the clip list {list_path.name}"))
     return scan
 
 
@@ -328,8 +537,15 @@ def build_manifest(
     root = (cwd / data.root).resolve()
     if not root.is_dir():
         raise ManifestError(f"{root}: dataset root (data.root) not found or not a folder")
-    meta = read_meta(cwd / data.meta)
-    if data.layout == "voxceleb1":
+    clip_list: pd.DataFrame | None = None
+    if data.layout == "generic":
+        clip_list = read_clip_list(cwd / data.meta)
+        meta = generic_meta(clip_list)
+    else:
+        meta = read_meta(cwd / data.meta)
+    if clip_list is not None:
+        scan = scan_generic(root, clip_list, cwd / data.meta)
+    elif data.layout == "voxceleb1":
         if data.faces_dir is None:
             raise ManifestError(
                 "params.yaml: data.faces_dir must name the face-crop folder for voxceleb1"

@@ -90,15 +90,31 @@ def read_audio(path: Path | str, sample_rate_hz: int = 16000) -> np.ndarray:
 
 
 def read_crop_folder(folder: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """VoxCeleb1's 1 fps face crops of one video: (times_s, frame numbers, frames)."""
+    """The face images of one clip: (times_s, frame numbers, frames).
+
+    VoxCeleb1's 1 fps crops are named by frame number (``0000375.jpg``; times from its 25 fps);
+    images of other names (a generic layout's ``face_path`` folder: jpg / jpeg / png) are taken
+    in name order, numbered 0, 1, ... at one per second. Images of different sizes are resized to
+    the first one's size (the detector batches frames of one size).
+    """
     from PIL import Image
 
-    files = sorted(glob.glob(os.path.join(folder, "*.jpg")))
+    files = sorted(
+        f for f in glob.glob(os.path.join(folder, "*"))
+        if os.path.splitext(f)[1].lower() in (".jpg", ".jpeg", ".png")
+    )  # fmt: skip
     if not files:
-        raise MediaError(f"{folder}: no face crops (*.jpg)")
-    idx = np.array([int(Path(f).stem) for f in files])
-    frames = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
-    return idx / VOX1_FPS, idx, frames
+        raise MediaError(f"{folder}: no face images (*.jpg, *.jpeg, *.png)")
+    stems = [Path(f).stem for f in files]
+    numbered = all(s.isdigit() for s in stems)
+    idx = np.array([int(s) for s in stems] if numbered else range(len(files)), dtype=np.int64)
+    try:
+        images = [Image.open(f).convert("RGB") for f in files]
+    except OSError as e:
+        raise MediaError(f"{folder}: cannot read a face image: {e}") from e
+    size = images[0].size
+    frames = np.stack([np.asarray(im if im.size == size else im.resize(size)) for im in images])
+    return (idx / VOX1_FPS if numbered else idx.astype(np.float64)), idx, frames
 
 
 def read_video_samples(path: str, rate_fps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -26,8 +26,10 @@ class BaseParams(_Section):
 class DataParams(_Section):
     """Which dataset the pipeline reads."""
 
-    layout: Literal["synth", "voxceleb2", "voxceleb1"]
+    layout: Literal["synth", "voxceleb2", "voxceleb1", "generic"]
     root: str
+    #: The metadata CSV (VoxCeleb1/2 format), or for ``generic`` the clip list
+    #: (:func:`pipeline.manifest.read_clip_list`).
     meta: str
     #: Optional published identity split: a PINs ``identity_splits.txt`` or a folder holding the
     #: Wen split's ``vox1_{train,val,test}.csv``. ``null``: the manifest stage draws splits itself.
@@ -200,6 +202,10 @@ class TrialsSection(_Section):
     n_match: int = Field(ge=1)  # 1:N matching trials per split, direction and constraint
     n_verify: int = Field(ge=2)  # verification pairs per split and constraint (half positive)
     candidates: int = Field(ge=2)  # K of the 1:N trials (1:2 uses the first two)
+    #: Identities with fewer evaluable clips are left out of a split's trials. 2: every true
+    #: candidate is another recording; 1 lets a single-clip identity's true candidate be the
+    #: probe's own clip (flagged as weak in the report).
+    min_clips_per_identity: int = Field(ge=1)
 
 
 class LowshotSection(_Section):

@@ -158,6 +158,8 @@ class ReportInputs:
     ceiling: dict[str, Any] | None = None
     #: The training seed whose curves, ranked examples and loss history are shown.
     shown_seed: int | None = None
+    #: What the stages flagged as weak (few identities, own-clip positives, competing faces...).
+    warnings: tuple[str, ...] = ()
 
 
 def load_json(path: Path | str) -> Any:
@@ -254,8 +256,12 @@ def load_inputs(
     manifest: Path | str,
     layout: str,
     seed: int,
+    stage_reports: Sequence[Path | str] = (),
 ) -> ReportInputs:
     """Load every input of the report; a missing file raises FileNotFoundError naming it.
+
+    The ``warnings`` lists of ``stage_reports`` (e.g. ``reports/manifest.json``,
+    ``reports/faces.json``) and of the trial summary are shown at the top of the report.
 
     Per method: its aggregate over seeds ``<metrics_dir>/aggregate/<m>.json`` (a leaf is a number
     or ``{mean, ci95_low, ...}``), and for training seed ``seed`` its ``<eval_dir>/<m>/s<seed>/
@@ -289,9 +295,12 @@ def load_inputs(
     ceiling = _load_dict(cpath) if cpath.is_file() else None
     if ceiling is not None and ceiling.get("available", True) is False:
         ceiling = None
+    warnings: list[str] = []
+    for source in (*(_load_dict(Path(r)) for r in stage_reports), trials_summary):
+        warnings += [str(w) for w in source.get("warnings", [])]
     return ReportInputs(
         names, metrics, oracle, reason, curves, rocs, ranked, train, history, trials_summary,
-        corpus, verdicts, ceiling, seed,
+        corpus, verdicts, ceiling, seed, tuple(warnings),
     )  # fmt: skip
 
 
@@ -793,15 +802,18 @@ def _gallery_text(inputs: ReportInputs, split: str) -> str:
 
 
 def _trials_text(inputs: ReportInputs) -> str | None:
-    counts: dict[tuple[Any, Any], None] = {}
-    for m in inputs.methods:
-        t = inputs.metrics[m].get("trials")
-        if isinstance(t, dict):
-            counts[(t.get("match"), t.get("verify"))] = None
-    if len(counts) != 1:
+    """Trials per list (from the trial summary): each 1:N matching list is one split, direction
+    and constraint; each verification list one split and constraint."""
+    t = inputs.trials
+    match, verify = t.get("n_match"), t.get("n_verify")
+    if match is None or verify is None:
         return None
-    match, verify = next(iter(counts))
-    return f"Trials per list: {match} matching, {verify} verification (identical for every method)."
+    k = t.get("candidates")
+    return (
+        f"Trials per list: {match} 1:N matching trials (K = {k}; one list per split, direction "
+        f"and constraint), {verify} verification pairs (one list per split and constraint); "
+        "the same trials for every method and seed."
+    )
 
 
 def _long_table(inputs: ReportInputs, split: str) -> _Table:
@@ -990,6 +1002,9 @@ def _blocks(
         _Heading(1, TITLE),
         _Para(f"Commit: {provenance.commit}. Date: {provenance.date}."),
     ]
+    if inputs.warnings:
+        out.append(_Heading(2, "Warnings: weak figures"))
+        out += [_Para(f"Warning: {w}.") for w in inputs.warnings]
     out.append(_Para(f"Methods: {', '.join(inputs.methods)}. {ranking_text(inputs)}"))
     if inputs.oracle is None:
         out.append(

@@ -33,10 +33,12 @@ class ClipRef:
 
 @dataclass
 class ShardResult:
-    """Counts of one shard, and its failure rows (schema.FAILURES)."""
+    """Counts of one shard, its failure rows (schema.FAILURES) and its flagged clips."""
 
     counts: Counter[str] = field(default_factory=Counter)
     failures: list[dict[str, str]] = field(default_factory=list)
+    #: Clips processed but flagged as doubtful: (clip_key, why), e.g. two faces competing.
+    flagged: list[tuple[str, str]] = field(default_factory=list)
 
     def fail(self, clip: ClipRef, reason: str, err: BaseException | str) -> None:
         self.failures.append(

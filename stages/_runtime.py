@@ -21,12 +21,15 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from pipeline.atomic import atomic_path
 from pipeline.params import Params, ParamsError, load_params
+
+if TYPE_CHECKING:
+    import torch
 
 
 def workers() -> int:
@@ -119,3 +122,27 @@ def stage_params(path: str) -> Params:
     except ParamsError as e:
         fail(str(e))
         raise  # unreachable: fail() exits
+
+
+def setup_torch() -> None:
+    """Deterministic kernels and the thread count (``VOXFACE_THREADS``, default: every core) for
+    a training process. cuBLAS needs its fixed workspace set before CUDA starts."""
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(int(os.environ.get("VOXFACE_THREADS", str(os.cpu_count() or 1))))
+
+
+def device() -> torch.device:
+    """The training / embedding device: ``VOXFACE_DEVICE``, default CUDA when present, else CPU."""
+    import torch
+
+    return torch.device(
+        os.environ.get("VOXFACE_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
+    )
+
+
+def model_dir(method: str, seed: int, root: str = "models") -> str:
+    """Where ``train@<method>-<seed>`` writes: ``models/<method>/s<seed>``."""
+    return f"{root}/{method}/s{seed}"

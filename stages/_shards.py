@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -62,9 +64,10 @@ def fan_out(
     root: str,
     cfg: Any,
     out: str,
-) -> tuple[Counter[str], pd.DataFrame]:
+) -> tuple[Counter[str], pd.DataFrame, list[tuple[str, str]]]:
     """Every clip of ``manifest``, one task per shard; the shards and ``failures.parquet`` replace
-    the folder ``out`` whole. Returns the summed counts and the failure rows."""
+    the folder ``out`` whole. Returns the summed counts, the failure rows and the flagged clips
+    (:attr:`pipeline.shard.ShardResult.flagged`). Prints progress as shards finish."""
     clips = clip_refs(read_table(manifest, MANIFEST))
     with atomic_dir(out) as tmp:
         return _fan_out(stage, fn, clips, shard_clips, Path(root), cfg, tmp)
@@ -78,22 +81,37 @@ def _fan_out(
     root: Path,
     cfg: Any,
     out_dir: Path,
-) -> tuple[Counter[str], pd.DataFrame]:
+) -> tuple[Counter[str], pd.DataFrame, list[tuple[str, str]]]:
     futures = [
         run_shard.submit(
             fn, part, str(root), cfg, str(out_dir / f"{stage}-{i:05d}.parquet"), decode_timeout_s()
         )
         for i, part in enumerate(shards(clips, shard_clips))
     ]
-    counts: Counter[str] = Counter()
-    failures: list[dict[str, str]] = []
-    for f in futures:
+    total = ShardResult()
+    t0, done = time.perf_counter(), 0
+    for i, f in enumerate(futures):
         res: ShardResult = f.result()
-        counts.update(res.counts)
-        failures += res.failures
-    table = pd.DataFrame(failures, columns=FAILURES.schema.names)
+        total.counts.update(res.counts)
+        total.failures += res.failures
+        total.flagged += res.flagged
+        done += res.counts["clips_in"]
+        progress(stage, done, len(clips), i + 1, len(futures), time.perf_counter() - t0)
+    table = pd.DataFrame(total.failures, columns=FAILURES.schema.names)
     write_table(table, out_dir / "failures.parquet", FAILURES)
-    return counts, table
+    return total.counts, table, total.flagged
+
+
+def progress(stage: str, done: int, total: int, shards: int, of: int, wall_s: float) -> None:
+    """One line on stderr per finished shard: clips done of total, rate, time left."""
+    rate = done / max(wall_s, 1e-9)
+    left = (total - done) / rate if rate > 0 else float("nan")
+    print(
+        f"{stage}: {done}/{total} clips ({shards}/{of} shards), {rate:.1f} clips/s, "
+        f"~{left:.0f} s left",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def failure_summary(failures: pd.DataFrame, clips_in: int) -> dict[str, Any]:

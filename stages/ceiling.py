@@ -27,9 +27,8 @@ from pipeline.pairs import load_pairs
 from pipeline.params import Params
 from pipeline.schema import MANIFEST, read_table
 from pipeline.trials import read_trials
-from stages._runtime import prefect_api, stage_params, write_json
-from stages.evaluate import score_and_write
-from stages.train import device, setup_torch
+from stages._runtime import device, prefect_api, setup_torch, stage_params, write_json
+from stages.evaluate import score_and_write, write_unavailable
 
 NAME = "ceiling"
 
@@ -57,9 +56,10 @@ def ceiling_config(params: Params) -> CeilingConfig:
 def ceiling_flow(params: Params, args: argparse.Namespace) -> dict[str, Any]:
     metrics_dir, eval_dir = Path(args.metrics), Path(args.eval)
     if params.data.layout != "synth":
-        out = {"method": NAME, "available": False, "reason": "no ground-truth attributes"}
-        write_json(metrics_dir / f"{NAME}.json", out)
-        return out
+        reason = "no ground-truth attributes: only the synthetic corpus has age and build"
+        return write_unavailable(
+            NAME, reason, metrics_dir / f"{NAME}.json", eval_dir / NAME, history=True
+        )
     setup_torch()
     manifest = Path(args.manifest)
     faces, voice = Path(args.faces), Path(args.voice)

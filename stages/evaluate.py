@@ -35,8 +35,7 @@ from pipeline.probes import embedding_probes
 from pipeline.schema import MANIFEST, OUTCOMES, read_table, write_table
 from pipeline.train.loop import Encoders, load_model
 from pipeline.trials import read_trials
-from stages._runtime import prefect_api, stage_params, write_json
-from stages.train import device, model_dir
+from stages._runtime import device, model_dir, prefect_api, stage_params, write_json
 
 
 def seed_outputs(name: str, seed: int, metrics_dir: Path, eval_dir: Path) -> tuple[Path, Path]:
@@ -55,6 +54,26 @@ def write_scores(name: str, scores: Scores, metrics_file: Path, out: Path) -> No
         tmp.write_text(json.dumps(scores.ranked, indent=1) + "\n")
     write_table(scores.outcomes, out / "outcomes.parquet", OUTCOMES)
     write_json(metrics_file, {"method": name, **scores.metrics})
+
+
+def write_unavailable(
+    name: str, reason: str, metrics_file: Path, out: Path, history: bool = False
+) -> dict[str, Any]:
+    """What a dataset cannot provide (the oracle or the media ceiling without ground truth):
+    the metrics file says ``available: false`` and why; every declared output exists, empty
+    (the plot tables with their headers, no ranked examples, no outcomes), so DVC and the report
+    read it as unavailable rather than failing."""
+    out.mkdir(parents=True, exist_ok=True)
+    tables = {"match_curve.csv": "n,v2f,f2v\n", "roc.csv": "fpr,tpr\n"}
+    if history:
+        tables["history.json"] = "[]\n"
+    for file, text in {**tables, "ranked.json": "[]\n"}.items():
+        with atomic_path(out / file) as tmp:
+            tmp.write_text(text)
+    write_table(pd.DataFrame(columns=OUTCOMES.schema.names), out / "outcomes.parquet", OUTCOMES)
+    payload = {"method": name, "available": False, "reason": reason}
+    write_json(metrics_file, payload)
+    return payload
 
 
 def score_and_write(
@@ -114,12 +133,11 @@ def evaluate_flow(
     trials = read_trials(trials_path)
     keys = sorted(set(trials["probe"]))
     if oracle:
-        if params.data.layout != "synth":
-            out = {"method": "oracle", "available": False, "reason": "no ground truth"}
-            write_json(Path(args.metrics) / "oracle.json", out)
-            return out
-        emb = oracle_embeddings(Path(params.data.root), manifest, keys)
         metrics_file, eval_out = Path(args.metrics) / "oracle.json", Path(args.eval) / "oracle"
+        if params.data.layout != "synth":
+            reason = "no ground truth: only the synthetic corpus has its rendering parameters"
+            return write_unavailable("oracle", reason, metrics_file, eval_out)
+        emb = oracle_embeddings(Path(params.data.root), manifest, keys)
     else:
         assert seed is not None
         dev = device()

@@ -37,9 +37,10 @@ def face_config(p: FaceStageParams) -> FaceConfig:
 def faces_flow(manifest: str, root: str, params: FaceStageParams, out: str) -> dict[str, Any]:
     """Process every clip of the manifest into ``out``; returns the stage report."""
     t0 = time.perf_counter()
-    counts, failures = fan_out(
+    counts, failures, flagged = fan_out(
         "faces", face_shard, manifest, params.shard_clips, root, face_config(params), out
     )
+    wall = time.perf_counter() - t0
     sampled = counts["frames_sampled"]
     video_clips = counts["clips_in"] - counts["clips_audio_only"]
     report = {
@@ -53,13 +54,32 @@ def faces_flow(manifest: str, root: str, params: FaceStageParams, out: str) -> d
         "frames_multi_face": counts["frames_multi_face"],
         "face_rate": round(counts["frames_with_face"] / max(sampled, 1), 4),
         **failure_summary(failures, video_clips),
+        "clips_competing_faces": counts["clips_competing_faces"],
+        "flagged": [{"clip_key": k, "why": why} for k, why in sorted(flagged)],
+        "warnings": competing_warning(flagged, counts["clips_out"]),
+        "wall_s": round(wall, 1),
+        "clips_per_s": round(counts["clips_in"] / max(wall, 1e-9), 1),
     }
     print(
         f"faces: {report['clips_out']}/{video_clips} clips, faces in {report['frames_with_face']}"
-        f"/{sampled} sampled frames, {report['failures']} failures "
-        f"({time.perf_counter() - t0:.1f} s)"
+        f"/{sampled} sampled frames, {report['failures']} failures, "
+        f"{report['clips_competing_faces']} with competing faces ({wall:.1f} s, "
+        f"{report['clips_per_s']} clips/s)"
     )
+    for w in report["warnings"]:
+        print(f"warning: {w}")
     return report
+
+
+def competing_warning(flagged: list[tuple[str, str]], clips_out: int) -> list[str]:
+    """The report's warning for clips whose face track has a rival face (first few named)."""
+    if not flagged:
+        return []
+    keys = ", ".join(k for k, _ in sorted(flagged)[:3]) + (", ..." if len(flagged) > 3 else "")
+    return [
+        f"{len(flagged)} of {clips_out} clips have a second face competing for the face track "
+        f"(their audio may mix two voices): {keys}; see reports/faces.json 'flagged'"
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

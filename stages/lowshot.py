@@ -26,9 +26,8 @@ from pipeline.pairs import load_pairs, select_clips
 from pipeline.params import Params
 from pipeline.train.loop import TrainConfig, load_model, save_model, train
 from pipeline.trials import read_trials
-from stages._runtime import prefect_api, stage_params, write_json
+from stages._runtime import device, model_dir, prefect_api, setup_torch, stage_params, write_json
 from stages.evaluate import add_eval_arguments, probe_figures, score_and_write, seed_outputs
-from stages.train import device, model_dir, setup_torch
 
 
 @flow(name="lowshot")

@@ -1,8 +1,13 @@
 """DVC stage ``manifest``: index the dataset root into the clip manifest, with splits.
 
-Reads the ``data`` and ``manifest`` params, scans the root (VoxCeleb2, VoxCeleb1 or the synthetic
-corpus), joins the metadata CSV, assigns identity splits once (or imports a published split
-file), and writes ``clips.parquet``, ``skipped.parquet`` and the stage report.
+Reads the ``data`` and ``manifest`` params, scans the root (VoxCeleb2, VoxCeleb1, a generic clip
+list or the synthetic corpus), joins the metadata, assigns identity splits once (or imports a
+published split file), and writes ``clips.parquet``, ``skipped.parquet`` and the stage report.
+
+Before anything is written, the clips are checked against the params of the heavy stages that
+follow (:mod:`pipeline.preflight`: split sizes, cluster counts, the batch, Wen's warm-up, trials
+that cannot be formed honestly): a problem stops the stage with one line naming the setting and
+the fix; a warning goes to the report (``warnings``) and the console.
 """
 
 from __future__ import annotations
@@ -14,16 +19,21 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from pipeline.manifest import ManifestError, build_manifest
-from pipeline.params import DataParams, ManifestParams
+from pipeline.params import Params
+from pipeline.preflight import check
 from pipeline.schema import MANIFEST, MANIFEST_SKIPPED, write_table
 from stages._runtime import fail, prefect_api, stage_params, write_json
 
 
 @flow(name="manifest")
-def manifest_flow(data: DataParams, params: ManifestParams, seed: int, out: str) -> dict[str, Any]:
-    """Build and write the manifest; returns the stage report."""
+def manifest_flow(params: Params, out: str) -> dict[str, Any]:
+    """Build, check and write the manifest; returns the stage report."""
     log = get_run_logger()
-    result = build_manifest(data, params, seed)
+    result = build_manifest(params.data, params.manifest, params.base.seed)
+    findings = check(result.clips, params)
+    if findings.problems:  # nothing is written: the previous manifest (if any) stays whole
+        return {"problems": findings.problems}
+    result.report["warnings"] = findings.warnings
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     write_table(result.clips, folder / "clips.parquet", MANIFEST)
@@ -46,10 +56,14 @@ def main(argv: list[str] | None = None) -> None:
     params = stage_params(args.params)
     try:
         with prefect_api():
-            report = manifest_flow(params.data, params.manifest, params.base.seed, args.out)
+            report = manifest_flow(params, args.out)
     except ManifestError as e:
         fail(str(e))
+    if "problems" in report:
+        fail("\nerror: ".join(report["problems"]))
     write_json(args.metrics, report)
+    for w in report["warnings"]:
+        print(f"warning: {w}")
     splits = ", ".join(f"{k} {v['clips']}" for k, v in report["splits"].items())
     print(f"manifest: {report['clips']} clips ({splits}); {report['skipped']} skipped")
 

@@ -50,11 +50,14 @@ def report_flow(
     faces: str,
     out: str,
     seed: int,
+    stage_reports: list[str] | None = None,
 ) -> ReportResult:
     """Load the inputs (curves and examples of training seed ``seed``), draw the figures, write
     both documents; returns a short summary."""
     log = get_run_logger()
-    inputs = load_inputs(methods, metrics, eval_dir, train, trials, manifest, layout, seed)
+    inputs = load_inputs(
+        methods, metrics, eval_dir, train, trials, manifest, layout, seed, stage_reports or ()
+    )
     frames = load_first_frames(faces, ranked_clip_keys(inputs))
     figures = build_figures(inputs, frames)
     provenance = Provenance(
@@ -86,6 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trials", default="reports/trials.json")
     ap.add_argument("--manifest", default="data/manifest/clips.parquet")
     ap.add_argument("--faces", default="data/faces", help="folder of faces-*.parquet shards")
+    ap.add_argument(
+        "--stage-reports",
+        nargs="*",
+        default=["reports/manifest.json", "reports/faces.json"],
+        help="stage reports whose 'warnings' the report shows at its top",
+    )
     ap.add_argument("--out", default="reports")
     args = ap.parse_args(argv)
     params = stage_params(args.params)
@@ -104,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.faces,
                 args.out,
                 params.seeds[0],
+                list(args.stage_reports),
             )
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))

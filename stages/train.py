@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,15 @@ from pipeline.pairs import PairData, load_pairs
 from pipeline.params import Params
 from pipeline.schema import MANIFEST, read_table
 from pipeline.train.loop import TrainConfig, embed_clips, save_model, train
-from stages._runtime import prefect_api, stage_params, write_json
+from stages._runtime import (
+    device,
+    fail,
+    model_dir,
+    prefect_api,
+    setup_torch,
+    stage_params,
+    write_json,
+)
 
 
 def build_method(
@@ -60,20 +67,6 @@ def build_method(
     raise SystemExit(f"unknown method {name!r}")
 
 
-def setup_torch() -> None:
-    """Deterministic kernels and the thread count (``VOXFACE_THREADS``, default: every core) for
-    a training process. cuBLAS needs its fixed workspace set before CUDA starts."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(int(os.environ.get("VOXFACE_THREADS", str(os.cpu_count() or 1))))
-
-
-def device() -> torch.device:
-    return torch.device(
-        os.environ.get("VOXFACE_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
-    )
-
-
 @flow(name="train")
 def train_flow(
     method_name: str, seed: int, params: Params, manifest: str, faces: str, voice: str, out: str
@@ -81,7 +74,10 @@ def train_flow(
     t = params.train
     setup_torch()
     data = load_pairs(Path(manifest), Path(faces), Path(voice), ("train",), t.face_size_px)
-    method, mparams = build_method(method_name, params, data, seed)
+    try:
+        method, mparams = build_method(method_name, params, data, seed)
+    except ValueError as e:  # e.g. more clusters than the clips the faces/voice stages kept
+        return {"error": str(e)}
     cfg = TrainConfig(
         t.epochs,
         t.batch_size,
@@ -161,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or model_dir(args.method, args.seed)
     with prefect_api():
         res = train_flow(args.method, args.seed, params, args.manifest, args.faces, args.voice, out)
+    if "error" in res:
+        fail(f"train@{args.method}-{args.seed}: {res['error']}")
     history = res.pop("history")
     reports = Path(args.reports) / args.method
     with atomic_path(reports / f"s{args.seed}_history.json") as tmp:
@@ -170,11 +168,6 @@ def main(argv: list[str] | None = None) -> None:
         {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()},
     )
     print(f"train@{args.method}-{args.seed}: {json.dumps(res)}")
-
-
-def model_dir(method: str, seed: int, root: str = "models") -> str:
-    """Where ``train@<method>-<seed>`` writes: ``models/<method>/s<seed>``."""
-    return f"{root}/{method}/s{seed}"
 
 
 if __name__ == "__main__":

@@ -35,9 +35,10 @@ def voice_config(p: VoiceStageParams) -> VoiceConfig:
 def voice_flow(manifest: str, root: str, params: VoiceStageParams, out: str) -> dict[str, Any]:
     """Process every clip of the manifest into ``out``; returns the stage report."""
     t0 = time.perf_counter()
-    counts, failures = fan_out(
+    counts, failures, _ = fan_out(
         "voice", voice_shard, manifest, params.shard_clips, root, voice_config(params), out
     )
+    wall = time.perf_counter() - t0
     audio_s = counts["audio_ms"] / 1000
     speech_s = counts["speech_ms"] / 1000
     report = {
@@ -47,10 +48,13 @@ def voice_flow(manifest: str, root: str, params: VoiceStageParams, out: str) -> 
         "speech_s": round(speech_s, 2),
         "speech_fraction": round(speech_s / max(audio_s, 1e-9), 4),
         **failure_summary(failures, counts["clips_in"]),
+        "wall_s": round(wall, 1),
+        "clips_per_s": round(counts["clips_in"] / max(wall, 1e-9), 1),
     }
     print(
         f"voice: {report['clips_out']}/{report['clips_in']} clips, {speech_s:.0f} s of speech in "
-        f"{audio_s:.0f} s, {report['failures']} failures ({time.perf_counter() - t0:.1f} s)"
+        f"{audio_s:.0f} s, {report['failures']} failures ({wall:.1f} s, "
+        f"{report['clips_per_s']} clips/s)"
     )
     return report
 
