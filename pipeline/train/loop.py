@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import pickle
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -104,6 +106,30 @@ def _save(path: Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
+class ModelFileError(ValueError):
+    """A model or checkpoint file that cannot be loaded (safely); the one-line message names it."""
+
+
+def load_state(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The dict saved in a ``model.pt`` or checkpoint, read with ``weights_only=True``: tensors,
+    dicts, lists, strings and numbers only. A file that holds anything else (a pickled object
+    whose loading would call code) is refused before any of it runs."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
+        raise ModelFileError(
+            f"{path}: refused: it holds objects other than tensors and plain data{what}, "
+            "whose loading could run code"
+        ) from e
+    except Exception as e:  # torch raises KeyError, EOFError, RuntimeError... for other files
+        raise ModelFileError(f"{path}: not a PyTorch file ({type(e).__name__})") from e
+    if not isinstance(state, dict):
+        raise ModelFileError(f"{path}: holds a {type(state).__name__}, not a dict of state")
+    return state
+
+
 def train(
     data: PairData,
     method: nn.Module,
@@ -137,7 +163,7 @@ def train(
     history: list[dict[str, float]] = []
     start = 0
     if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        state = load_state(ckpt_path, device)
         # Resume (or reuse, when finished) only a run of the same config, data and code: it
         # would end with the same weights anyway. Anything else starts from scratch.
         if state.get("digest") == digest:
@@ -198,34 +224,53 @@ def embed_clips(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per clip: the face embedding (mean over its frames and their mirror images) and the voice
     embedding of its whole speech. Returns (C, d), (C, d) L2-normalised."""
+    return (
+        embed_faces(encoders, data.faces, data.face_offsets, device, batch),
+        embed_voices(encoders, data.voices, data.voice_offsets, device),
+    )
+
+
+@torch.inference_mode()
+def embed_faces(
+    encoders: Encoders,
+    faces: torch.Tensor,
+    offsets: torch.Tensor,
+    device: torch.device,
+    batch: int = 256,
+) -> torch.Tensor:
+    """Face embeddings of clips whose uint8 frames (F, 3, S, S) are ``faces``, clip c owning
+    rows ``offsets[c]:offsets[c + 1]``: the mean over its frames and their mirror images.
+    Returns (C, d) L2-normalised, on the CPU."""
     encoders.eval()
     f_all = []
-    for i in range(0, len(data.faces), batch):
-        x = data.faces[i : i + batch].float().to(device) / 255.0
+    for i in range(0, len(faces), batch):
+        x = faces[i : i + batch].float().to(device) / 255.0
         f_all.append(
             torch.nn.functional.normalize(
                 encoders.embed_face(x) + encoders.embed_face(x.flip(-1)), dim=1
             )
         )
     frames = torch.cat(f_all)
-    faces = torch.stack(
-        [frames[data.face_offsets[c] : data.face_offsets[c + 1]].mean(0) for c in range(len(data))]
+    clips = torch.stack(
+        [frames[offsets[c] : offsets[c + 1]].mean(0) for c in range(len(offsets) - 1)]
     )
-    voices = torch.stack(
+    return torch.nn.functional.normalize(clips, dim=1).cpu()
+
+
+@torch.inference_mode()
+def embed_voices(
+    encoders: Encoders, voices: torch.Tensor, offsets: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """Voice embeddings of clips whose features (T, n_mels) are ``voices``, clip c owning rows
+    ``offsets[c]:offsets[c + 1]``: one pass over its whole speech. (C, d) L2-normalised, CPU."""
+    encoders.eval()
+    clips = torch.stack(
         [
-            encoders.embed_voice(
-                data.voices[data.voice_offsets[c] : data.voice_offsets[c + 1]]
-                .float()
-                .T[None]
-                .to(device)
-            )[0]
-            for c in range(len(data))
+            encoders.embed_voice(voices[offsets[c] : offsets[c + 1]].float().T[None].to(device))[0]
+            for c in range(len(offsets) - 1)
         ]
     )
-    return (
-        torch.nn.functional.normalize(faces, dim=1).cpu(),
-        torch.nn.functional.normalize(voices, dim=1).cpu(),
-    )
+    return torch.nn.functional.normalize(clips, dim=1).cpu()
 
 
 def save_model(path: Path, cfg: TrainConfig, name: str, encoders: Encoders) -> None:
@@ -234,11 +279,37 @@ def save_model(path: Path, cfg: TrainConfig, name: str, encoders: Encoders) -> N
         torch.save({"config": asdict(cfg), "method": name, "encoders": encoders.state_dict()}, tmp)
 
 
-def load_model(path: Path, device: torch.device) -> tuple[Encoders, TrainConfig]:
-    """The encoders (and shared head) of a ``model.pt``, in eval mode, and their config."""
+#: The layout of ``model.pt`` that :func:`save_model` writes: ``config`` (TrainConfig's fields),
+#: ``method`` (its name) and ``encoders`` (state dict). Files of this layout carry no ``format``
+#: key; a later layout will store ``format`` with its number, which this code then refuses.
+MODEL_FORMAT = 1
+
+
+def model_state(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The checked content of a ``model.pt`` (:func:`load_state`): its layout is
+    :data:`MODEL_FORMAT` and its config has TrainConfig's fields (ModelFileError otherwise)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no trained model")
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = load_state(path, device)
+    version = state.get("format", 1)
+    if version != MODEL_FORMAT:
+        raise ModelFileError(
+            f"{path}: model file format {version!r}, this code reads format {MODEL_FORMAT}"
+        )
+    missing = [k for k in ("config", "method", "encoders") if k not in state]
+    if missing:
+        keys = ", ".join(sorted(map(str, state)))
+        raise ModelFileError(f"{path}: not a model.pt (no {', '.join(missing)}; holds {keys})")
+    try:
+        TrainConfig(**state["config"])
+    except TypeError as e:
+        raise ModelFileError(f"{path}: its config does not fit this code's TrainConfig: {e}") from e
+    return state
+
+
+def load_model(path: Path, device: torch.device) -> tuple[Encoders, TrainConfig]:
+    """The encoders (and shared head) of a ``model.pt``, in eval mode, and their config."""
+    state = model_state(path, device)
     cfg = TrainConfig(**state["config"])
     enc = Encoders(cfg).to(device)
     enc.load_state_dict(state["encoders"])
