@@ -167,7 +167,7 @@ def known_methods() -> list[str]:
 def open_model(path: Path) -> Model:
     """A trained ``model.pt`` (read with ``weights_only``): ToolError for a missing file, a file
     that carries code, another file format or a method this code does not know."""
-    from stages.train import device
+    from stages._runtime import device
 
     if not path.is_file():
         raise ToolError(f"{path}: model file not found")
