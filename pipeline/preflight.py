@@ -108,9 +108,9 @@ def check_training(clips: pd.DataFrame, params: Params, findings: Findings) -> N
     n_videos = int(train[["identity", "video_id"]].drop_duplicates().shape[0])
     batch = params.train.batch_size
     if n_clips < batch:
-        findings.problems.append(
-            f"train.batch_size ({batch}) exceeds the {n_clips} training clips: set "
-            f"train.batch_size to at most {max(2, n_clips)}"
+        findings.warnings.append(
+            f"train.batch_size ({batch}) exceeds the {n_clips} training clips: each epoch is one "
+            "step over all of them"
         )
     trained = set(params.methods) | set(params.lowshot.methods)
     for name, ks, limit, unit in (

@@ -11,6 +11,7 @@ method: paired difference, 95 % interval, verdict; the methods tied for first; l
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,48 @@ def aggregate_flow(params: Params, metrics: Path, eval_dir: Path, out: Path) -> 
     files = {sc.name: aggregate_one(sc, ts, n_boot, seed) for sc in scored}
     reference = params.compare.reference if params.compare.reference in methods else methods[0]
     files["verdicts"] = verdicts(methods, lowshot, reference, ts, n_boot, seed)
+    files["headline"] = headline({n: files[n] for n in names}, metrics)
     with atomic_dir(out) as tmp:
         for name, payload in files.items():
             write_json(tmp / f"{name}.json", payload)
     return files["verdicts"]
+
+
+#: The headline figures (test_unseen, no constraint): name in headline.json -> metric path.
+HEADLINE: dict[str, tuple[str, ...]] = {
+    "v2f_1to2": ("match_1to2", "v2f", "U", "test_unseen"),
+    "f2v_1to2": ("match_1to2", "f2v", "U", "test_unseen"),
+    "verify_auc": ("verify_auc", "vf", "U", "test_unseen"),
+    "v2f_map": ("retrieve_map", "v2f", "U", "test_unseen"),
+}
+
+
+def _at(tree: Any, keys: tuple[str, ...]) -> Any:
+    for k in keys:
+        tree = tree.get(k) if isinstance(tree, dict) else None
+    return tree
+
+
+def headline(aggregates: dict[str, dict[str, Any]], metrics: Path) -> dict[str, Any]:
+    """A short metrics file for ``dvc metrics show`` / ``dvc exp show``: per scored model (and
+    the oracle and media ceiling where available) the headline means on test_unseen, with the
+    95 % half-width over seeds of 1:2 V->F (``v2f_1to2_hw``; 0 with one seed)."""
+    out: dict[str, Any] = {}
+    for name, agg in aggregates.items():
+        row = {}
+        for key, path in HEADLINE.items():
+            leaf = _at(agg, path)
+            if isinstance(leaf, dict):
+                row[key] = leaf["mean"]
+                if key == "v2f_1to2":
+                    row["v2f_1to2_hw"] = leaf.get("half_width") or 0.0
+        out[name] = row
+    for ref in ("oracle", "ceiling"):
+        f = metrics / f"{ref}.json"
+        m = json.loads(f.read_text()) if f.is_file() else {}
+        if m.get("available", True) and m:
+            out[ref] = {k: v for k, p in HEADLINE.items() if isinstance(v := _at(m, p), float)}
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

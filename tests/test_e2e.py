@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,9 +42,11 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
     return res.stdout + res.stderr
 
 
-@pytest.fixture(scope="module")
-def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], float]:
-    repo = tmp_path_factory.mktemp("e2e") / "repo"
+def copy_repo(
+    repo: Path, edit_params: Callable[[str], str] | None = None
+) -> tuple[Path, dict[str, str]]:
+    """The pipeline's files copied to ``repo`` (params edited by ``edit_params``), committed to a
+    fresh git repository; returns it with the environment to run it in."""
     for item in COPY:
         src, dst = REPO / item, repo / item
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -51,13 +54,20 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, dst)
-    params = repo / "params.yaml"
-    params.write_text(tiny_params(params.read_text()))
+    if edit_params is not None:
+        params = repo / "params.yaml"
+        params.write_text(edit_params(params.read_text()))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("PREFECT_API_URL", None)
     _run(["git", "init", "-q"], repo, env)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo, env)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo, env)
+    return repo, env
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], float]:
+    repo, env = copy_repo(tmp_path_factory.mktemp("e2e") / "repo", tiny_params)
     t0 = time.perf_counter()
     out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
     wall = time.perf_counter() - t0
@@ -81,6 +91,10 @@ def tiny_params(text: str) -> str:
         ("  start_epoch: 14\n", "  start_epoch: 3\n"),
         ("  start_epoch: 14\n", "  start_epoch: 3\n"),
         ("  reweight_epochs: 20 ", "  reweight_epochs: 6 "),
+        # ~1 step per epoch: re-weight from step 2, every step (the preflight check refuses a
+        # warm-up longer than the re-weighting run)
+        ("  warmup_steps: 40 ", "  warmup_steps: 2 "),
+        ("  every_steps: 6\n", "  every_steps: 1\n"),
         ("  bootstrap: 1000\n", "  bootstrap: 200\n"),
         ("  epochs: 40\n", "  epochs: 8\n"),  # the media ceiling's
     ):
