@@ -167,6 +167,14 @@ def _scan_tree(root: Path, top: str, ext: str, kind: str, scan: Scan) -> None:
             continue
         _misplaced(Path(ident.path), top, 1, scan)
         for video in _subdirs(Path(ident.path)):
+            for sub in _subdirs(Path(video.path)):
+                for dirpath, dirnames, filenames in os.walk(sub.path):
+                    dirnames.sort()
+                    for name in sorted(filenames):
+                        rel = os.path.relpath(os.path.join(dirpath, name), root)
+                        scan.skipped.append(
+                            (rel, f"file below the {top}/<id>/<video>/ folders: not a clip")
+                        )
             for f in _files(Path(video.path)):
                 rel = f"{top}/{ident.name}/{video.name}/{f.name}"
                 if not f.name.endswith(f".{ext}"):
@@ -209,9 +217,13 @@ def scan_voxceleb2(root: Path) -> Scan:
         audio = Scan()
         _scan_tree(root, "aac", "m4a", "audio", audio)
         have = {(c["identity"], c["video_id"], c["utterance"]) for c in scan.clips}
-        scan.clips += [
-            c for c in audio.clips if (c["identity"], c["video_id"], c["utterance"]) not in have
-        ]
+        for c in audio.clips:
+            if (c["identity"], c["video_id"], c["utterance"]) not in have:
+                scan.clips.append(c)
+            else:
+                scan.skipped.append(
+                    (str(c["media_path"]), "audio of a clip whose video is indexed (mp4/)")
+                )
         scan.skipped += audio.skipped
     if not (root / "mp4").is_dir() and not (root / "aac").is_dir():
         raise ManifestError(f"{root}: no 'mp4/' or 'aac/' folder: not a VoxCeleb2-layout root")

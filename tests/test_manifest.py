@@ -438,3 +438,30 @@ def test_generic_layout_with_a_clip_list_outside_the_root(tmp_path: Path) -> Non
     res = build_manifest(data_params(root, outside, layout="generic"), SPLIT, seed=0)
     assert len(res.clips) == 5 and "clips.csv" not in set(res.skipped.path)
     assert res.report["skipped_by_reason"]["listed in list.csv but not found"] == 2  # type: ignore[index]
+
+
+def test_vox2_tree_reports_every_file_it_does_not_index(tmp_path: Path) -> None:
+    meta = vox2_tree(tmp_path, n_ids=4, videos=2, utts=1)
+    video = tmp_path / "mp4" / "id00001" / "vid001_000x"
+    extra = {
+        f"{video.relative_to(tmp_path)}/00002.mpg": "container .mpg is not the layout's .mp4",
+        f"{video.relative_to(tmp_path)}/00003.wav": "container .wav is not the layout's .mp4",
+        f"{video.relative_to(tmp_path)}/README": "container (no extension) is not",
+        "mp4/id00002/00001.mp4": "file outside the mp4/<id>/<video>/ folders: not a clip",
+        "mp4/index.txt": "file outside the mp4/<id>/<video>/ folders: not a clip",
+        f"{video.relative_to(tmp_path)}/deeper/00001.mp4": "below the mp4/<id>/<video>/ folders",
+        "aac/id00003/vid003_000x/00001.m4a": "audio of a clip whose video is indexed",
+        "aac/id00003/vid003_009x/00001.m4a": "",  # audio only: a clip
+    }
+    for rel in extra:
+        _touch(tmp_path / rel)
+    res = build_manifest(data_params(tmp_path, meta), SPLIT, seed=0)
+    reasons = dict(zip(res.skipped.path, res.skipped.reason, strict=True))
+    for rel, why in extra.items():
+        if why:
+            assert why in reasons.get(rel, ""), (rel, reasons.get(rel))
+    assert "aac/id00003/vid003_009x/00001.m4a" in set(res.clips.media_path)
+    assert "data.layout: generic" in reasons[f"{video.relative_to(tmp_path)}/00002.mpg"]
+    on_disk = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    in_trees = {p for p in on_disk if p.split("/")[0] in ("mp4", "aac")}
+    assert sorted([*res.clips.media_path, *res.skipped.path]) == sorted(in_trees)
