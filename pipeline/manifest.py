@@ -167,6 +167,14 @@ def _scan_tree(root: Path, top: str, ext: str, kind: str, scan: Scan) -> None:
             continue
         _misplaced(Path(ident.path), top, 1, scan)
         for video in _subdirs(Path(ident.path)):
+            for sub in _subdirs(Path(video.path)):
+                for dirpath, dirnames, filenames in os.walk(sub.path):
+                    dirnames.sort()
+                    for name in sorted(filenames):
+                        rel = os.path.relpath(os.path.join(dirpath, name), root)
+                        scan.skipped.append(
+                            (rel, f"file below the {top}/<id>/<video>/ folders: not a clip")
+                        )
             for f in _files(Path(video.path)):
                 rel = f"{top}/{ident.name}/{video.name}/{f.name}"
                 if not f.name.endswith(f".{ext}"):
@@ -209,9 +217,13 @@ def scan_voxceleb2(root: Path) -> Scan:
         audio = Scan()
         _scan_tree(root, "aac", "m4a", "audio", audio)
         have = {(c["identity"], c["video_id"], c["utterance"]) for c in scan.clips}
-        scan.clips += [
-            c for c in audio.clips if (c["identity"], c["video_id"], c["utterance"]) not in have
-        ]
+        for c in audio.clips:
+            if (c["identity"], c["video_id"], c["utterance"]) not in have:
+                scan.clips.append(c)
+            else:
+                scan.skipped.append(
+                    (str(c["media_path"]), "audio of a clip whose video is indexed (mp4/)")
+                )
         scan.skipped += audio.skipped
     if not (root / "mp4").is_dir() and not (root / "aac").is_dir():
         raise ManifestError(f"{root}: no 'mp4/' or 'aac/' folder: not a VoxCeleb2-layout root")
@@ -282,18 +294,21 @@ def read_clip_list(path: Path | str) -> pd.DataFrame:
     """
     p = Path(path)
     text = _read_text(p).replace("\r\n", "\n").replace("\r", "\n")
-    rows = list(csv.reader(io.StringIO(text)))
-    rows = [r for r in rows if any(v.strip() for v in r)]
-    if not rows:
+    reader = csv.reader(io.StringIO(text))
+    # (line number in the file, row): blank lines are dropped but still count for the numbers.
+    numbered = [(reader.line_num, r) for r in reader if any(v.strip() for v in r)]
+    if not numbered:
         raise ManifestError(f"{p}: clip list is empty")
+    rows = [r for _, r in numbered]
     header = [h.strip().lower() for h in rows[0]]
     missing = [c for c in ("path", "identity") if c not in header]
     if missing:
         raise ManifestError(f"{p}: header {header} lacks the required column(s) {missing}")
     col = {c: header.index(c) for c in CLIP_LIST_COLUMNS if c in header}
     records: list[dict[str, object]] = []
+    lines: list[int] = []  # the file line of each record
     seen: dict[str, int] = {}
-    for lineno, row in enumerate(rows[1:], start=2):
+    for lineno, row in numbered[1:]:
         vals = [v.strip() for v in row]
         if len(vals) != len(header):
             raise ManifestError(
@@ -332,12 +347,19 @@ def read_clip_list(path: Path | str) -> pd.DataFrame:
             )
         seen[key] = lineno
         records.append(rec)
+        lines.append(lineno)
     frame = pd.DataFrame.from_records(records, columns=list(CLIP_LIST_COLUMNS))
     for attr in ("gender", "nationality", "age"):
         varying = frame.groupby("identity")[attr].nunique(dropna=True)
         if (varying > 1).any():
             ident = varying[varying > 1].index[0]
-            raise ManifestError(f"{p}: identity {ident!r} has several values of {attr}")
+            values = frame.loc[(frame["identity"] == ident) & frame[attr].notna(), attr]
+            first, other = values.index[0], values.index[values != values.iloc[0]][0]
+            raise ManifestError(
+                f"{p}: identity {ident!r} has several values of {attr} "
+                f"({records[first][attr]!r} on line {lines[first]}, {records[other][attr]!r} on "
+                f"line {lines[other]})"
+            )
     return frame
 
 

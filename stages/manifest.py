@@ -29,7 +29,10 @@ from stages._runtime import fail, prefect_api, stage_params, write_json
 def manifest_flow(params: Params, out: str) -> dict[str, Any]:
     """Build, check and write the manifest; returns the stage report."""
     log = get_run_logger()
-    result = build_manifest(params.data, params.manifest, params.base.seed)
+    try:
+        result = build_manifest(params.data, params.manifest, params.base.seed)
+    except ManifestError as e:  # an input problem: one line, not a flow failure's traceback
+        return {"problems": [str(e)]}
     findings = check(result.clips, params)
     if findings.problems:  # nothing is written: the previous manifest (if any) stays whole
         return {"problems": findings.problems}

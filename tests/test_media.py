@@ -8,9 +8,10 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline.faces import DetectorConfig, FaceDetector
-from pipeline.media import MediaError, read_audio, read_frames, sample_times
+from pipeline.media import MediaError, read_audio, read_crop_folder, read_frames, sample_times
 from pipeline.vad import VadConfig, frame_decisions, speech_segments
 
 DET = DetectorConfig(40, (0.6, 0.7, 0.7), 0.709, 32)
@@ -109,3 +110,38 @@ def test_real_voxceleb2_clips_have_faces_and_speech(realdata: Path) -> None:
         assert np.mean([k >= 1 for k in n]) >= 0.95, (row["file"], n)
         flags = frame_decisions(read_audio(path), 16000, VAD)
         assert flags.mean() > 0.5 and speech_segments(flags, 30), row["file"]
+
+
+def _image(path: Path, rgb: tuple[int, int, int], size: tuple[int, int]) -> None:
+    Image.new("RGB", size, rgb).save(path)
+
+
+def test_face_image_folder_of_any_names_and_sizes(tmp_path: Path) -> None:
+    _image(tmp_path / "front.jpg", (200, 40, 40), (40, 30))
+    _image(tmp_path / "left.png", (40, 200, 40), (80, 50))
+    _image(tmp_path / "right.JPEG", (40, 40, 200), (20, 20))
+    (tmp_path / "notes.txt").write_text("not an image")
+    times, idx, frames = read_crop_folder(str(tmp_path))
+    assert list(idx) == [0, 1, 2] and list(times) == [0.0, 1.0, 2.0]  # one per second
+    assert frames.shape == (3, 30, 40, 3) and frames.dtype == np.uint8  # the first one's size
+    dominant = [int(np.argmax(f.reshape(-1, 3).mean(axis=0))) for f in frames]
+    assert dominant == [0, 1, 2]  # name order: front, left, right
+
+
+def test_numbered_face_images_keep_their_frame_numbers(tmp_path: Path) -> None:
+    _image(tmp_path / "0000375.jpg", (90, 90, 90), (32, 32))
+    _image(tmp_path / "0000400.png", (90, 90, 90), (16, 16))
+    times, idx, frames = read_crop_folder(str(tmp_path))
+    assert list(idx) == [375, 400] and list(times) == [15.0, 16.0]  # VoxCeleb1's 25 fps
+    assert frames.shape == (2, 32, 32, 3)
+    _image(tmp_path / "extra.jpg", (90, 90, 90), (32, 32))  # one name is not a number: ordinals
+    assert list(read_crop_folder(str(tmp_path))[1]) == [0, 1, 2]
+
+
+def test_face_image_folder_errors(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(MediaError, match=r"no face images \(\*\.jpg, \*\.jpeg, \*\.png\)"):
+        read_crop_folder(str(tmp_path))
+    (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(MediaError, match=f"{tmp_path}: cannot read a face image"):
+        read_crop_folder(str(tmp_path))

@@ -457,3 +457,43 @@ def test_intervals_ties_ceiling_and_probes(tmp_path: Path) -> None:
     assert "first: alpha 72.0, ahead of every other method at 95 %" in md2
     assert "Behind: beta." in md2 and rp.leaders(ahead) == ["alpha"]
     assert "| 1:2 V→F U | beta | 66.0 |" in md2 and "worse" in md2
+
+
+def test_warnings_section_and_trials_per_list(tmp_path: Path, inputs: rp.ReportInputs) -> None:
+    paths = make_inputs(tmp_path)
+    trials = {
+        "seed": 1,
+        "n_match": 5000,
+        "n_verify": 4000,
+        "candidates": 10,
+        "splits": {"test_unseen": {"identities": 6, "clips": 12}},
+        "warnings": ["no seen-heard test split"],
+    }
+    _write(paths["trials"], trials)
+    _write(tmp_path / "manifest.json", {"clips": 16, "warnings": ["few identities"]})
+    _write(tmp_path / "faces.json", {"clips_out": 16})  # no warnings key: nothing to add
+    got = rp.load_inputs(
+        METHODS, paths["metrics"], paths["eval"], paths["train"], paths["trials"],
+        paths["manifest"], "synth", SEED, [tmp_path / "manifest.json", tmp_path / "faces.json"],
+    )  # fmt: skip
+    assert got.warnings == ("few identities", "no seen-heard test split")
+    md = rp.summary_markdown(got, PROV)
+    lines = md.splitlines()
+    head = lines.index("## Warnings: weak figures")
+    body = [ln for ln in lines[head + 1 :] if ln.strip()][:2]
+    assert body == ["Warning: few identities.", "Warning: no seen-heard test split."]
+    assert head < next(i for i, ln in enumerate(lines) if ln.startswith("Methods:"))
+    assert (
+        "Trials per list: 5000 1:N matching trials (K = 10; one list per split, direction and "
+        "constraint), 4000 verification pairs (one list per split and constraint); the same "
+        "trials for every method and seed."
+    ) in md
+    assert "Warnings: weak figures" in rp.summary_html(got, PROV)
+    # Without warnings or per-list sizes neither is shown.
+    plain = rp.summary_markdown(inputs, PROV)
+    assert inputs.warnings == () and "Warnings" not in plain and "Trials per list" not in plain
+    with pytest.raises(FileNotFoundError, match="absent.json"):
+        rp.load_inputs(
+            METHODS, paths["metrics"], paths["eval"], paths["train"], paths["trials"],
+            paths["manifest"], "synth", SEED, [tmp_path / "absent.json"],
+        )  # fmt: skip

@@ -16,6 +16,7 @@ from pipeline.trials import (
     read_trials,
     write_trials,
 )
+from stages.trials import enough_clips, trial_warnings
 
 NATIONS = ("USA", "UK", "India")
 
@@ -326,3 +327,34 @@ def test_import_malformed_lists(tmp_path: Path) -> None:
     bad.write_text("probe,positive,negative,direction\na,b,c,v2f\na,b,c,sideways\n")
     with pytest.raises(ValueError, match=r"bad\.csv: line 3: direction"):
         import_trials(bad, "match")
+
+
+def test_enough_clips_leaves_out_identities_with_fewer() -> None:
+    clips = _clips()
+    kept, left_out = enough_clips(clips, 2)
+    assert left_out == {"test_unseen": 1}  # idu901, the single-clip identity
+    assert set(clips.identity) - set(kept.identity) == {"idu901"}
+    assert len(kept) == len(clips) - 1
+    all_kept, none_left = enough_clips(clips, 1)
+    pd.testing.assert_frame_equal(all_kept, clips)
+    assert none_left == {}
+    # Per split: 4 clips each, except idu900 (2) and idu901 (1).
+    assert enough_clips(clips, 3)[1] == {"test_unseen": 2}
+    assert enough_clips(clips, 5)[1] == {"test_seen": 12, "test_unseen": 14}
+
+
+def test_trial_warnings_count_own_clip_positives_and_a_missing_seen_split(
+    generated: tuple[pd.DataFrame, dict[str, object], pd.DataFrame],
+) -> None:
+    _, summary, _ = generated
+    u = summary["splits"]["test_unseen"]["constraints"]["U"]["match"]["v2f"]  # type: ignore[index]
+    assert u["true_is_probe_clip"] > 0
+    assert trial_warnings(summary) == [
+        f"test_unseen: {u['true_is_probe_clip']} of {SPEC.n_match} 1:N V->F trials have the "
+        "probe's own clip as the true candidate (identities with one clip)"
+    ]
+    clips, _ = enough_clips(_clips(), 2)
+    _, only_unseen = generate_trials(clips, SPEC, splits=("test_unseen",))
+    assert trial_warnings(only_unseen) == [
+        "no seen-heard test split (manifest.seen_heard_fraction): test_seen unavailable"
+    ]
