@@ -105,8 +105,10 @@ def read_crop_folder(folder: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     )  # fmt: skip
     if not files:
         raise MediaError(f"{folder}: no face images (*.jpg, *.jpeg, *.png)")
+    numbered = all(Path(f).stem.isdigit() for f in files)
+    if numbered:  # 9.jpg before 10.jpg
+        files.sort(key=lambda f: (int(Path(f).stem), f))
     stems = [Path(f).stem for f in files]
-    numbered = all(s.isdigit() for s in stems)
     idx = np.array([int(s) for s in stems] if numbered else range(len(files)), dtype=np.int64)
     try:
         images = [Image.open(f).convert("RGB") for f in files]
