@@ -244,3 +244,36 @@ def verdicts(
             entry["lowshot_vs_base"] = gains
         _nest(out["metrics"], key, entry)
     return out
+
+
+#: False-positive rates at which each model's ROC is sampled before averaging over seeds.
+ROC_GRID = np.linspace(0.0, 1.0, 101)
+
+
+def overlay_tables(
+    names: list[str], seeds: list[int], eval_dir: Path, references: tuple[str, ...] = ()
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tables behind the overlaid plots (one chart per protocol, every model on it): each
+    model's 1:N accuracy curve averaged over seeds (``model, n, v2f, f2v``), and its ROC averaged
+    over seeds at :data:`ROC_GRID` (``model, fpr, tpr``). ``references`` (``oracle``,
+    ``ceiling``) are read from ``eval_dir/<name>/`` and left out when their tables are empty."""
+    curves, rocs = [], []
+    folders = [(n, [eval_dir / n / f"s{s}" for s in seeds]) for n in names]
+    folders += [(r, [eval_dir / r]) for r in references]
+    for name, dirs in folders:
+        match = [pd.read_csv(d / "match_curve.csv") for d in dirs]
+        roc = [pd.read_csv(d / "roc.csv") for d in dirs]
+        if any(m.empty for m in match) or any(r.empty for r in roc):
+            continue
+        n = min(len(m) for m in match)
+        mean = pd.concat([m.iloc[:n] for m in match]).groupby("n", sort=True).mean().reset_index()
+        curves.append(mean.assign(model=name)[["model", "n", "v2f", "f2v"]])
+        tpr = np.mean([np.interp(ROC_GRID, r["fpr"], r["tpr"]) for r in roc], axis=0)
+        rocs.append(pd.DataFrame({"model": name, "fpr": ROC_GRID, "tpr": tpr}))
+    match_cols, roc_cols = ["model", "n", "v2f", "f2v"], ["model", "fpr", "tpr"]
+    return (
+        (
+            pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=match_cols)
+        ).round(4),
+        (pd.concat(rocs, ignore_index=True) if rocs else pd.DataFrame(columns=roc_cols)).round(4),
+    )

@@ -5,7 +5,10 @@ parquet`` for every method in ``methods`` and ``lowshot_<method>`` in ``lowshot.
 every seed in ``seeds``; writes ``reports/metrics/aggregate/<name>.json`` (per metric: mean, sd,
 95 % interval over seeds, 95 % identity-bootstrap interval; :mod:`pipeline.aggregate`) and
 ``reports/metrics/aggregate/verdicts.json`` (each method against ``compare.reference`` and the top
-method: paired difference, 95 % interval, verdict; the methods tied for first; low-shot gains).
+method: paired difference, 95 % interval, verdict; the methods tied for first; low-shot gains),
+``headline.json`` (a few test_unseen figures per model, for ``dvc metrics show`` / ``dvc exp show``)
+and ``reports/plots/`` (every model's 1:N curve and ROC, averaged over seeds, for the overlaid
+charts of ``dvc.yaml``'s top-level ``plots``).
 """
 
 from __future__ import annotations
@@ -17,14 +20,22 @@ from typing import Any
 
 from prefect import flow
 
-from pipeline.aggregate import TrialStats, aggregate_one, load_scored, verdicts
+from pipeline.aggregate import (
+    TrialStats,
+    aggregate_one,
+    load_scored,
+    overlay_tables,
+    verdicts,
+)
 from pipeline.atomic import atomic_dir
 from pipeline.params import Params
 from stages._runtime import fail, prefect_api, stage_params, write_json
 
 
 @flow(name="aggregate")
-def aggregate_flow(params: Params, metrics: Path, eval_dir: Path, out: Path) -> dict[str, Any]:
+def aggregate_flow(
+    params: Params, metrics: Path, eval_dir: Path, out: Path, plots: Path
+) -> dict[str, Any]:
     methods: list[str] = list(params.methods)
     lowshot: list[str] = [m for m in params.lowshot.methods if m in methods]
     names = methods + [f"lowshot_{m}" for m in lowshot]
@@ -41,6 +52,10 @@ def aggregate_flow(params: Params, metrics: Path, eval_dir: Path, out: Path) -> 
     with atomic_dir(out) as tmp:
         for name, payload in files.items():
             write_json(tmp / f"{name}.json", payload)
+    match, roc = overlay_tables(names, list(params.seeds), eval_dir, ("oracle", "ceiling"))
+    with atomic_dir(plots) as tmp:
+        match.to_csv(tmp / "match_curves.csv", index=False)
+        roc.to_csv(tmp / "roc.csv", index=False)
     return files["verdicts"]
 
 
@@ -87,10 +102,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", default="reports/metrics")
     ap.add_argument("--eval", default="reports/eval")
     ap.add_argument("--out", default="reports/metrics/aggregate")
+    ap.add_argument(
+        "--plots", default="reports/plots", help="tables of the overlaid plots (dvc.yaml plots)"
+    )
     args = ap.parse_args(argv)
     params = stage_params(args.params)
     with prefect_api():
-        v = aggregate_flow(params, Path(args.metrics), Path(args.eval), Path(args.out))
+        v = aggregate_flow(
+            params, Path(args.metrics), Path(args.eval), Path(args.out), Path(args.plots)
+        )
     head = v["metrics"].get("match_1to2", {}).get("v2f", {}).get("U", {}).get("test_unseen")
     if head:
         means = ", ".join(f"{m} {100 * x:.1f}" for m, x in head["means"].items())

@@ -114,3 +114,46 @@ def test_load_scored_reads_the_layout_and_names_missing_files(tmp_path: Path) ->
     assert leaves(got.metrics[0]) == leaves(sc.metrics[0])
     with pytest.raises(FileNotFoundError, match=r"cmpc-s3\.json"):
         load_scored("cmpc", [1, 3], tmp_path / "metrics", tmp_path / "eval")
+
+
+def test_overlay_tables_average_curves_over_seeds(tmp_path: Path) -> None:
+    from pipeline.aggregate import ROC_GRID, overlay_tables
+
+    for seed, (acc, tpr_mid) in {1: (0.6, 0.4), 2: (0.8, 0.6)}.items():
+        d = tmp_path / "cid" / f"s{seed}"
+        d.mkdir(parents=True)
+        pd.DataFrame({"n": [2, 3], "v2f": [acc, acc - 0.1], "f2v": [acc, acc]}).to_csv(
+            d / "match_curve.csv", index=False
+        )
+        pd.DataFrame({"fpr": [0.0, 0.5, 1.0], "tpr": [0.0, tpr_mid, 1.0]}).to_csv(
+            d / "roc.csv", index=False
+        )
+    empty = tmp_path / "oracle"  # unavailable: header-only tables, left out
+    empty.mkdir()
+    (empty / "match_curve.csv").write_text("n,v2f,f2v\n")
+    (empty / "roc.csv").write_text("fpr,tpr\n")
+    match, roc = overlay_tables(["cid"], [1, 2], tmp_path, ("oracle",))
+    assert match.to_dict("list") == {
+        "model": ["cid", "cid"], "n": [2, 3], "v2f": [0.7, 0.6], "f2v": [0.7, 0.7]
+    }  # fmt: skip
+    assert set(roc["model"]) == {"cid"} and len(roc) == len(ROC_GRID)
+    at = dict(zip(roc["fpr"], roc["tpr"], strict=True))
+    assert at[0.5] == 0.5 and at[0.25] == 0.25  # mean of 0.4 and 0.6, linear in between
+
+
+def test_headline_reads_the_aggregates_and_available_references(tmp_path: Path) -> None:
+    from stages.aggregate import headline
+
+    leaf = {"mean": 0.7, "half_width": 0.02}
+    agg = {
+        "match_1to2": {"v2f": {"U": {"test_unseen": leaf}}, "f2v": {"U": {"test_unseen": leaf}}}
+    }
+    (tmp_path / "oracle.json").write_text(
+        json.dumps({"match_1to2": {"v2f": {"U": {"test_unseen": 0.88}}}})
+    )
+    (tmp_path / "ceiling.json").write_text(json.dumps({"available": False, "reason": "x"}))
+    out = headline({"cid": agg}, tmp_path)
+    assert out == {
+        "cid": {"v2f_1to2": 0.7, "v2f_1to2_hw": 0.02, "f2v_1to2": 0.7},
+        "oracle": {"v2f_1to2": 0.88},
+    }

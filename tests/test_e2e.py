@@ -24,6 +24,7 @@ COPY = [
     "pyproject.toml",
     ".dvcignore",
     ".dvc/config",
+    ".dvc/plots",
     ".gitignore",
 ]
 
