@@ -145,9 +145,7 @@ def test_headline_reads_the_aggregates_and_available_references(tmp_path: Path) 
     from stages.aggregate import headline
 
     leaf = {"mean": 0.7, "half_width": 0.02}
-    agg = {
-        "match_1to2": {"v2f": {"U": {"test_unseen": leaf}}, "f2v": {"U": {"test_unseen": leaf}}}
-    }
+    agg = {"match_1to2": {"v2f": {"U": {"test_unseen": leaf}}, "f2v": {"U": {"test_unseen": leaf}}}}
     (tmp_path / "oracle.json").write_text(
         json.dumps({"match_1to2": {"v2f": {"U": {"test_unseen": 0.88}}}})
     )
