@@ -1,6 +1,7 @@
 """Scoring embeddings on the stored trial lists: every method (and the oracle) on identical trials.
 
-Embeddings (PROTOCOLS.md): a voice is embedded from its whole VAD-cleaned utterance; a face is the
+Embeddings (as in Nagrani et al. 2018 and Wen et al. 2021): a voice is embedded from its whole
+VAD-cleaned utterance; a face is the
 mean over the clip's sampled frames, each averaged with its horizontal flip
 (:func:`pipeline.train.loop.embed_clips`). Score = cosine similarity.
 

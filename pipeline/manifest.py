@@ -1,6 +1,6 @@
 """Index a dataset root into the clip manifest and assign identity splits once.
 
-Layouts (``shared/docs/VOXCELEB.md``):
+Layouts (VoxCeleb1: Nagrani et al. 2017; VoxCeleb2: Chung et al. 2018):
 
 - ``voxceleb2`` / ``synth``: ``mp4/<id>/<video>/<utt>.mp4`` (and audio-only ``aac/.../*.m4a``);
 - ``voxceleb1``: ``wav/<id>/<video>/<utt>.wav`` with 1 fps face crops under

@@ -1,4 +1,4 @@
-"""Evaluation metrics of the field (docs PROTOCOLS.md): 1:N matching, verification, retrieval.
+"""Evaluation metrics of the field (Nagrani et al. 2018): 1:N matching, verification, retrieval.
 
 Every evaluation number goes through these functions, so that every method is scored by the same
 code on the same trials. They are pure numpy (and faiss for retrieval): embeddings in, figures

@@ -59,7 +59,7 @@ class SynthCalibration(_Section):
 
 
 class SynthParams(_Section):
-    """The built-in synthetic corpus (see ``shared/docs/SYNTHETIC.md``)."""
+    """The built-in synthetic corpus (:mod:`pipeline.synth`)."""
 
     preset: str
     presets: dict[str, SynthPreset]

@@ -209,7 +209,7 @@ FAILURES = TableSchema(
 )
 
 # Evaluation trial lists (pipeline/trials.py), one long table for every protocol of
-# shared/docs/PROTOCOLS.md. Every clip_key refers to a clip of the row's split.
+# the field (:mod:`pipeline.trials`). Every clip_key refers to a clip of the row's split.
 TRIALS = TableSchema(
     name="trials",
     version=1,

@@ -1,5 +1,5 @@
-"""bipseudo: the loss against a plain loop from METHODS.md §3 (as reconstructed in the module's
-docstring), the shared residual head, pseudo-labels, closed forms and gradients."""
+"""bipseudo: the loss against a plain loop from the paper's Section 3 (as reconstructed in the
+module's docstring), the shared residual head, pseudo-labels, closed forms and gradients."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The shared InfoNCE and the cid baseline, against a plain loop written from METHODS.md §0."""
+"""The shared InfoNCE and the cid baseline, against a plain loop written from the formula."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def test_accuracy_hand_case() -> None:
 
 
 def test_default_corpus_calibration_lands_in_the_target_band() -> None:
-    """SYNTHETIC.md: oracle 1:2 U in 85-92 %, G in 70-80 % on unseen identities (default preset)."""
+    """The corpus's target: oracle 1:2 U in 85-92 %, G in 70-80 % on unseen identities."""
     p = load_params(REPO / "params.yaml")
     preset = p.synth.presets["default"]
     cal = p.synth.calibration

@@ -1,7 +1,8 @@
 """``bipseudo``: bi-pseudo-label self-supervision, Zhu M. et al., JCRD 2023 (unsupervised).
 
 **A reconstruction from the paper's description: no public code exists.** It follows
-METHODS.md §3; where the paper leaves a choice open, the choice made here is stated.
+the paper's Section 3 (JCRD 2023); where the paper leaves a choice open, the choice made
+here is stated.
 
 - **Cross-modal weighted residual network**: both encoders end in one residual block whose
   weights are shared by the two modalities, ``ẑ = normalise(z + α ⊙ g(z))``, ``g`` = FC–BN–ReLU–FC,

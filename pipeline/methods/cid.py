@@ -1,6 +1,7 @@
 """``cid``: cross-modal instance discrimination, the baseline every paper compares with.
 
-Symmetric InfoNCE between the modalities with in-batch negatives (METHODS.md §0):
+Symmetric InfoNCE between the modalities with in-batch negatives
+(the instance-discrimination baseline of CMPC, IJCAI 2022):
 ``l_i(v→f) = −log softmax_j(⟨v̂_i, f̂_j⟩/τ)[i]``, likewise ``f→v``; the loss is the mean of both
 directions over the batch. No labels are used. τ = 0.03 in CMPC's setting. CMPC with its
 prototype and recalibration parts switched off reduces to this same code path

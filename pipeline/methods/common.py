@@ -1,6 +1,6 @@
 """Pieces shared by the association methods (each method imports these, never another method).
 
-Notation (METHODS.md): a batch of ``B`` (face, voice) pairs from the same clip, embeddings
+Notation of the method modules: a batch of ``B`` (face, voice) pairs from the same clip, embeddings
 ``f, v`` of shape (B, D), ``x̂ = x / ‖x‖``, temperature ``τ``.
 """
 

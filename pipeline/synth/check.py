@@ -1,4 +1,4 @@
-"""Check a generated corpus against SYNTHETIC.md's targets with the real libraries.
+"""Check a generated corpus against its targets (:mod:`pipeline.synth`) with the real libraries.
 
 ``python -m pipeline.synth.check data/synth`` decodes every clip with decord, runs MTCNN on frames
 sampled at ``--fps`` (default 1, as the face stage does) and webrtcvad on the audio, and prints:
