@@ -2,8 +2,8 @@
 
 One long :data:`pipeline.schema.TRIALS` table holds every protocol of
 the field (1:N matching, verification, retrieval; Nagrani et al. 2018) for each evaluated
-split (``test_unseen`` = unseen-unheard, ``test_seen`` = seen-heard). A trial only ever uses clips of
-its own split.
+split (``test_unseen`` = unseen-unheard, ``test_seen`` = seen-heard). A trial only ever uses clips
+of its own split.
 
 ``match`` (1:N matching, directions ``v2f`` and ``f2v``, ``spec.n_match`` trials per split,
 direction and constraint):
