@@ -33,6 +33,7 @@ from PIL import Image
 from pipeline.facetrack import FaceConfig, _detector, crop_face, face_shard, select_track
 from pipeline.features import VoiceConfig, features_of, voice_shard
 from pipeline.jpeg import decode_jpeg, encode_jpeg
+from pipeline.manifest import AUDIO_EXTS, IMAGE_EXTS, VIDEO_EXTS
 from pipeline.params import MethodName, ParamsError, load_params
 from pipeline.schema import FACE_FRAMES, VOICE_FEATURES, SchemaError, TableSchema, read_table
 from pipeline.schema import write_table as _write_table
@@ -51,9 +52,10 @@ class ToolError(Exception):
     """Bad input for the command line: one line for the user, exit status 2."""
 
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-AUDIO_SUFFIXES = (".wav", ".mp3", ".m4a", ".flac", ".ogg", ".aac")
+# The containers the manifest's generic layout indexes: what the stages decode, the tool takes.
+VIDEO_SUFFIXES = tuple(sorted(VIDEO_EXTS))
+IMAGE_SUFFIXES = tuple(sorted(IMAGE_EXTS))
+AUDIO_SUFFIXES = tuple(sorted(AUDIO_EXTS))
 MODALITIES = ("face", "voice")
 CARRIES = {"video": ("face", "voice"), "image": ("face",), "audio": ("voice",)}
 
