@@ -211,3 +211,21 @@ def test_clustering_methods_resume_to_the_same_weights(name: str, tmp_path: Path
         assert torch.equal(val, resumed.state_dict()[k]), k
     for k, val in full_memory.items():
         assert torch.equal(val, m2.state_dict()[k]), k
+
+
+def test_model_files_are_the_same_bytes_for_the_same_weights(tmp_path: Path) -> None:
+    """The file's bytes depend on the weights only (not on the temporary name it was written
+    under), so retraining to identical weights leaves DVC's hash, and everything downstream, as
+    it was."""
+    from pipeline.train.loop import Encoders, load_model, save_model
+
+    torch.manual_seed(0)
+    enc = Encoders(CFG)
+    a, b = tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt"
+    save_model(a, CFG, "cid", enc)
+    save_model(b, CFG, "cid", enc)
+    assert a.read_bytes() == b.read_bytes()
+    loaded, cfg = load_model(b, torch.device("cpu"))
+    assert cfg == CFG
+    for k, v in enc.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)

@@ -102,8 +102,12 @@ class Encoders(nn.Module):
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """``torch.save`` to ``path`` atomically, the same bytes for the same state: given a file
+    name, torch names the zip archive inside after it (here a random temporary name, so equal
+    weights would hash differently and DVC would rerun everything downstream); given an open
+    file, it always writes ``archive/``."""
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        torch.save(state, f)
 
 
 class ModelFileError(ValueError):
@@ -275,8 +279,7 @@ def embed_voices(
 
 def save_model(path: Path, cfg: TrainConfig, name: str, encoders: Encoders) -> None:
     """``model.pt``: what evaluation needs to rebuild the encoders (config, name, weights)."""
-    with atomic_path(path) as tmp:
-        torch.save({"config": asdict(cfg), "method": name, "encoders": encoders.state_dict()}, tmp)
+    _save(path, {"config": asdict(cfg), "method": name, "encoders": encoders.state_dict()})
 
 
 #: The layout of ``model.pt`` that :func:`save_model` writes: ``config`` (TrainConfig's fields),
