@@ -11,6 +11,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_LOGGING_LEVEL ?= WARNING
 export PREFECT_SERVER_LOGGING_LEVEL ?= WARNING
 export DASK_LOGGING__DISTRIBUTED ?= warning
+# The temporary Prefect server each stage starts: 20 s (the default) is too short on a loaded machine.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
 .PHONY: install demo test test-fast lint typecheck check oracle check-corpus bench clean
 
