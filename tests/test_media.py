@@ -145,3 +145,12 @@ def test_face_image_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     with pytest.raises(MediaError, match=f"{tmp_path}: cannot read a face image"):
         read_crop_folder(str(tmp_path))
+
+
+def test_numbered_crops_without_zero_padding_come_in_frame_order(tmp_path: Path) -> None:
+    for n in (10, 9, 100):
+        Image.new("RGB", (8, 8), (n, 0, 0)).save(tmp_path / f"{n}.jpg", quality=100)
+    times, idx, frames = read_crop_folder(str(tmp_path))
+    assert idx.tolist() == [9, 10, 100]  # as numbers, not as text ("10" < "100" < "9")
+    assert np.allclose(times, np.array([9, 10, 100]) / 25)
+    assert frames.shape == (3, 8, 8, 3)
