@@ -18,20 +18,14 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
+from pipeline.aggregate import at
+
 METRICS = (
     ("match_1to2", "v2f", "U"),
     ("match_1to2", "f2v", "U"),
     ("match_1to2", "v2f", "G"),
     ("verify_auc", "vf", "U"),
 )
-
-
-def _get(node: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(node, dict) or k not in node:
-            return None
-        node = node[k]
-    return node
 
 
 def _outs(lock: Path) -> dict[str, str]:
@@ -58,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         label = ".".join(m)
         for name in names:
             la, lb = (
-                _get(json.loads((a / f"{name}.json").read_text()), *m, "test_unseen") or {}
+                at(json.loads((a / f"{name}.json").read_text()), *m, "test_unseen") or {}
                 for a in agg
             )
             if not la or not lb:
@@ -76,16 +70,16 @@ def main(argv: list[str] | None = None) -> int:
             both = inside(la["mean"], lb) and inside(lb["mean"], la)
             same = True
             for side in ("vs_reference", "vs_top"):
-                da = _get(va, "metrics", *m, "test_unseen", side, name, "verdict")
-                db = _get(vb, "metrics", *m, "test_unseen", side, name, "verdict")
+                da = at(va, "metrics", *m, "test_unseen", side, name, "verdict")
+                db = at(vb, "metrics", *m, "test_unseen", side, name, "verdict")
                 same &= da == db
             disagreements += (not both) + (not same)
             print(
                 f"{label:<22} {name:<14} {fmt(la):>22} {fmt(lb):>22}  "
                 f"{'yes' if both else 'NO':>6}  {'same' if same else 'DIFFER'}"
             )
-        ta = _get(va, "metrics", *m, "test_unseen", "tied_for_first")
-        tb = _get(vb, "metrics", *m, "test_unseen", "tied_for_first")
+        ta = at(va, "metrics", *m, "test_unseen", "tied_for_first")
+        tb = at(vb, "metrics", *m, "test_unseen", "tied_for_first")
         if ta is not None:
             disagreements += sorted(ta) != sorted(tb or [])
             print(f"{label:<22} tied for first: A {ta}  B {tb}")

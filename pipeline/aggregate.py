@@ -46,6 +46,15 @@ NOT_PROTOCOLS = frozenset(
 Key = tuple[str, str, str, str]  # protocol, direction, constraint, split
 
 
+def at(tree: Any, *keys: str) -> Any:
+    """``tree[k1][k2]...`` of nested metrics, or None where a key is absent."""
+    for key in keys:
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
+
+
 def leaves(tree: dict[str, Any], skip: frozenset[str] = NOT_PROTOCOLS) -> dict[Key, float]:
     """The numeric leaves of a protocol -> direction -> constraint -> split tree."""
     out: dict[Key, float] = {}

@@ -23,6 +23,7 @@ from prefect import flow
 from pipeline.aggregate import (
     TrialStats,
     aggregate_one,
+    at,
     load_scored,
     overlay_tables,
     verdicts,
@@ -68,12 +69,6 @@ HEADLINE: dict[str, tuple[str, ...]] = {
 }
 
 
-def _at(tree: Any, keys: tuple[str, ...]) -> Any:
-    for k in keys:
-        tree = tree.get(k) if isinstance(tree, dict) else None
-    return tree
-
-
 def headline(aggregates: dict[str, dict[str, Any]], metrics: Path) -> dict[str, Any]:
     """A short metrics file for ``dvc metrics show`` / ``dvc exp show``: per scored model (and
     the oracle and media ceiling where available) the headline means on test_unseen, with the
@@ -82,7 +77,7 @@ def headline(aggregates: dict[str, dict[str, Any]], metrics: Path) -> dict[str, 
     for name, agg in aggregates.items():
         row = {}
         for key, path in HEADLINE.items():
-            leaf = _at(agg, path)
+            leaf = at(agg, *path)
             if isinstance(leaf, dict):
                 row[key] = leaf["mean"]
                 if key == "v2f_1to2":
@@ -92,7 +87,7 @@ def headline(aggregates: dict[str, dict[str, Any]], metrics: Path) -> dict[str, 
         f = metrics / f"{ref}.json"
         m = json.loads(f.read_text()) if f.is_file() else {}
         if m.get("available", True) and m:
-            out[ref] = {k: v for k, p in HEADLINE.items() if isinstance(v := _at(m, p), float)}
+            out[ref] = {k: v for k, p in HEADLINE.items() if isinstance(v := at(m, *p), float)}
     return out
 
 

@@ -57,11 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", default="reports/manifest.json")
     args = ap.parse_args(argv)
     params = stage_params(args.params)
-    try:
-        with prefect_api():
-            report = manifest_flow(params, args.out)
-    except ManifestError as e:
-        fail(str(e))
+    with prefect_api():
+        report = manifest_flow(params, args.out)
     if "problems" in report:
         fail("\nerror: ".join(report["problems"]))
     write_json(args.metrics, report)
