@@ -7,10 +7,10 @@ and curves when the corpus has ground truth; the trial generator's summary; the 
 shards (only for the thumbnails of the ranked figure).
 
 Both documents are rendered from one list of blocks (headings, paragraphs, tables, figures), so
-the Markdown and the HTML always say the same thing. Output is deterministic for identical inputs
-except the provenance line (commit, date), which the caller passes in. Figures are matplotlib
-PNGs (Agg canvas, no pyplot state) without a timestamp or software tag, so their bytes are
-reproducible too.
+the Markdown and the HTML always say the same thing. Output is deterministic for identical inputs,
+the provenance line included (a digest of the input files, no commit or date). Figures are
+matplotlib PNGs (Agg canvas, no pyplot state) without a timestamp or software tag, so their bytes
+are reproducible too.
 
 Percentages carry one decimal. "% of oracle margin" is ``(m - chance) / (oracle - chance)``: 0 at
 chance, 100 at the oracle; the same formula holds for EER (lower is better), where both signs flip.
@@ -19,11 +19,11 @@ chance, 100 at the oracle; the same formula holds for EER (lower is better), whe
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
 import math
-import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,7 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from pipeline.aggregate import at
 from pipeline.atomic import atomic_dir, atomic_path
 from pipeline.jpeg import decode_jpeg
 from pipeline.metrics import margin_fraction as oracle_fraction
@@ -360,21 +361,12 @@ def load_first_frames(faces_dir: Path | str, clip_keys: Sequence[str]) -> dict[s
 # ---------------------------------------------------------------------------------- numbers
 
 
-def _node(tree: Any, *keys: str) -> Any:
-    """``tree[k1][k2]...``, or None where a key is absent."""
-    for key in keys:
-        if not isinstance(tree, dict) or key not in tree:
-            return None
-        tree = tree[key]
-    return tree
-
-
 def metric(
     metrics: dict[str, Any] | None, protocol: str, direction: str, constraint: str, split: str
 ) -> float | None:
     """One number of a metrics file, or None where it is absent. In an aggregate over seeds, a
     leaf ``{mean, ...}`` gives its mean."""
-    node = _node(metrics, protocol, direction, constraint, split)
+    node = at(metrics, protocol, direction, constraint, split)
     if isinstance(node, dict):
         node = node.get("mean")
     if isinstance(node, bool) or not isinstance(node, int | float):
@@ -466,7 +458,7 @@ def metric_leaf(
 ) -> dict[str, Any]:
     """The aggregate leaf of one metric (``{mean, half_width, ci95_low, ...}``); a plain number
     becomes ``{"mean": x}``, an absent one ``{}``."""
-    node = _node(metrics, protocol, direction, constraint, split)
+    node = at(metrics, protocol, direction, constraint, split)
     if isinstance(node, dict):
         return node
     return {"mean": node} if isinstance(node, int | float) else {}
@@ -491,7 +483,7 @@ def _range(low: Any, high: Any, scale: float = 100.0) -> str:
 def _verdict_entry(
     inputs: ReportInputs, protocol: str, direction: str, constraint: str, split: str
 ) -> dict[str, Any] | None:
-    node = _node((inputs.verdicts or {}).get("metrics"), protocol, direction, constraint, split)
+    node = at((inputs.verdicts or {}).get("metrics"), protocol, direction, constraint, split)
     return node if isinstance(node, dict) else None
 
 
@@ -709,28 +701,27 @@ def build_figures(inputs: ReportInputs, faces: dict[str, np.ndarray]) -> list[Fi
 
 @dataclass(frozen=True)
 class Provenance:
-    """The line that differs between runs on identical inputs."""
+    """What the report was built from: a digest of the bytes of its input files
+    (:func:`inputs_digest`). No commit and no date: a run on the same inputs writes the same
+    report, so a rerun that changes no result changes no tracked file (``git log --
+    reports/summary.md`` says when it last changed)."""
 
-    commit: str
-    date: str
+    inputs: str
 
 
-def git_commit(repo: Path | str) -> str:
-    """``<short hash>``, plus ``+ uncommitted changes`` for a dirty tree; "unknown" outside git."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=repo,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{head} + uncommitted changes" if status else head
+def inputs_digest(paths: Sequence[Path | str]) -> str:
+    """The first 12 hex digits of SHA-256 over every file under ``paths`` (files or folders,
+    missing ones skipped): each file's path, as given plus its place below a folder, then its
+    bytes, in sorted order. Equal inputs give an equal digest on any machine."""
+    h = hashlib.sha256()
+    for root in sorted(Path(p) for p in paths):
+        files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
+        for f in files:
+            if not f.is_file():
+                continue
+            h.update(f.as_posix().encode() + b"\0")
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -982,17 +973,16 @@ def _training_table(inputs: ReportInputs) -> _Table:
     rows = []
     for m in inputs.methods:
         t = inputs.train[m]
-        loss, rate, clips = t.get("final_loss"), t.get("pairs_per_s"), t.get("train_clips")
+        loss, clips = t.get("final_loss"), t.get("train_clips")
         rows.append(
             (
                 m,
                 _MISSING if clips is None else str(clips),
                 str(len(inputs.history[m])),
                 _MISSING if loss is None else f"{float(loss):.4f}",
-                _MISSING if rate is None else f"{float(rate):.0f}",
             )
         )
-    return _Table(("method", "train clips", "epochs", "final loss", "pairs/s"), tuple(rows))
+    return _Table(("method", "train clips", "epochs", "final loss"), tuple(rows))
 
 
 def _blocks(
@@ -1000,7 +990,7 @@ def _blocks(
 ) -> list[_Block]:
     out: list[_Block] = [
         _Heading(1, TITLE),
-        _Para(f"Commit: {provenance.commit}. Date: {provenance.date}."),
+        _Para(f"Inputs digest: {provenance.inputs} (SHA-256 of the files the report read)."),
     ]
     if inputs.warnings:
         out.append(_Heading(2, "Warnings: weak figures"))

@@ -7,10 +7,23 @@
 - ``VOXFACE_WORKERS``: pool size (default: the machine's CPU count).
 - ``VOXFACE_DASK_ADDRESS``: scheduler of an existing Dask cluster (``tcp://host:8786``); without
   it, ``dask`` starts a local cluster of ``VOXFACE_WORKERS`` single-threaded processes.
-- ``VOXFACE_THREADS``: native threads per worker (BLAS, torch, faiss); default 1. The ``faces``
-  and ``voice`` stages run torch on one thread whatever it says (MTCNN's boxes depend on it).
+- ``VOXFACE_THREADS``: native threads per worker (BLAS, torch, faiss); default 1 in the
+  preprocessing stages, which run torch on one thread whatever it says (MTCNN's boxes depend on
+  it). In the training-side stages (``train``, ``lowshot``, ``ceiling``, embedding) it is torch's
+  thread count, default every core.
+- ``VOXFACE_DEVICE``: the training and embedding device (default CUDA when present).
 
-Changing any of these changes speed, never results, so DVC's caches stay valid.
+Which of these change results:
+- ``VOXFACE_RUNNER``, ``VOXFACE_WORKERS``, ``VOXFACE_DASK_ADDRESS`` change speed only: the
+  preprocessing shards are the same bytes whatever the pool (tests/test_stages.py compares them).
+- ``VOXFACE_THREADS`` changes speed only in the preprocessing stages, but in training it changes
+  how float sums are split across threads, hence the last bits of every step and, over an
+  epoch, the trained weights; ``VOXFACE_DEVICE`` likewise. They are recorded with the results
+  they shaped (``threads`` and ``device`` in ``reports/train/<method>/s<seed>.json``), so a
+  different value shows up in ``dvc metrics diff``. DVC does not rerun a stage when they change.
+
+Speed figures (wall seconds, clips or pairs per second) go to ``logs/timings/`` (untracked):
+a rerun that changes no result changes no tracked file.
 """
 
 from __future__ import annotations
@@ -73,6 +86,20 @@ def write_json(path: Path | str, payload: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
+#: Where stages log how long they took: untracked (``.gitignore``), never a DVC output, so a rerun
+#: that changes no result changes no tracked file. One JSON file per stage run, overwritten.
+TIMINGS = Path("logs/timings")
+
+
+def write_timing(stage: str, figures: dict[str, Any], root: Path = TIMINGS) -> Path:
+    """Log a stage's speed (wall seconds, clips or pairs per second, threads) to
+    ``logs/timings/<stage>.json``. Speed is not a result: it varies from run to run, so it stays
+    out of the metrics files that git and DVC track."""
+    path = root / f"{stage.replace('@', '_')}.json"
+    write_json(path, {"stage": stage, **figures})
+    return path
+
+
 def fail(message: str) -> NoReturn:
     """Exit the stage with a one-line error (no traceback for expected input problems)."""
     print(f"error: {message}", file=sys.stderr)
@@ -126,7 +153,8 @@ def stage_params(path: str) -> Params:
 
 def setup_torch() -> None:
     """Deterministic kernels and the thread count (``VOXFACE_THREADS``, default: every core) for
-    a training process. cuBLAS needs its fixed workspace set before CUDA starts."""
+    a training process. The thread count changes the trained floats, so the training stages
+    record it with their results. cuBLAS needs its fixed workspace set before CUDA starts."""
     import torch
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -29,6 +29,7 @@ from stages._runtime import (
     stage_params,
     task_runner,
     write_json,
+    write_timing,
 )
 
 
@@ -144,6 +145,8 @@ def run_stage(
         report = flow.with_options(task_runner=task_runner())(  # type: ignore[attr-defined]
             args.manifest, params.data.root, p, args.out
         )
+    # Speed is logged, not tracked: the metrics file changes only when a result does.
+    write_timing(name, {k: report.pop(k) for k in ("wall_s", "clips_per_s") if k in report})
     write_json(args.metrics, report)
     if report["failure_fraction"] > p.max_failure_fraction:
         fail(

@@ -28,7 +28,7 @@ from pipeline.params import Params
 from pipeline.schema import MANIFEST, read_table
 from pipeline.trials import read_trials
 from stages._runtime import device, prefect_api, setup_torch, stage_params, write_json
-from stages.evaluate import score_and_write, write_unavailable
+from stages._scoring import score_and_write, write_unavailable
 
 NAME = "ceiling"
 

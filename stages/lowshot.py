@@ -26,8 +26,16 @@ from pipeline.pairs import load_pairs, select_clips
 from pipeline.params import Params
 from pipeline.train.loop import TrainConfig, load_model, save_model, train
 from pipeline.trials import read_trials
-from stages._runtime import device, model_dir, prefect_api, setup_torch, stage_params, write_json
-from stages.evaluate import add_eval_arguments, probe_figures, score_and_write, seed_outputs
+from stages._runtime import (
+    device,
+    model_dir,
+    prefect_api,
+    setup_torch,
+    stage_params,
+    write_json,
+    write_timing,
+)
+from stages._scoring import add_eval_arguments, probe_figures, score_and_write, seed_outputs
 
 
 @flow(name="lowshot")
@@ -60,10 +68,15 @@ def lowshot_flow(
     loss = LowShot(lp, cfg.embed_dim)
     dev = device()
     out = Path(model_dir(method, seed, str(Path(args.models) / "lowshot")))
+    rates: list[float] = []
+
+    def show(row: dict[str, float]) -> None:
+        rates.append(row["pairs_per_s"])
+        print(f"lowshot@{method}-{seed} {int(row['epoch'])}: {row['loss']:.4f}")
+
     encoders, history = train(
-        subset, loss, lp, cfg, out / "state", dev, init=base.state_dict(),
-        progress=lambda r: print(f"lowshot@{method}-{seed} {int(r['epoch'])}: {r['loss']:.4f}"),
-    )  # fmt: skip
+        subset, loss, lp, cfg, out / "state", dev, init=base.state_dict(), progress=show
+    )
     save_model(out / "model.pt", cfg, f"lowshot_{method}", encoders)
     emb = model_embeddings(encoders, manifest, faces, voice, t.face_size_px, dev)
     name = f"lowshot_{method}"
@@ -76,7 +89,9 @@ def lowshot_flow(
         "metrics": metrics,
         "history": history,
         "seed": seed,
-        "pairs_per_s": round(float(np.mean([h["pairs_per_s"] for h in history])), 1),
+        "threads": torch.get_num_threads(),
+        "device": dev.type,
+        "pairs_per_s": round(float(np.mean(rates)), 1) if rates else None,
         "train_clips": len(subset),
         "labelled_identities": n_ids,
         "labelled_clips": len(subset),
@@ -99,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         res = lowshot_flow(args.method, args.seed, params, args)
     m = res.pop("metrics")
     history = res.pop("history")
+    write_timing(f"lowshot@{args.method}-{args.seed}", {"pairs_per_s": res.pop("pairs_per_s")})
     # Beside the training stages' summaries, so the report lists the fine-tuned models too.
     train_dir = Path(args.train) / f"lowshot_{args.method}"
     with atomic_path(train_dir / f"s{args.seed}_history.json") as tmp:

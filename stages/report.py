@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -20,7 +19,7 @@ from prefect import flow, get_run_logger
 from pipeline.report import (
     Provenance,
     build_figures,
-    git_commit,
+    inputs_digest,
     leaders,
     load_first_frames,
     load_inputs,
@@ -61,7 +60,7 @@ def report_flow(
     frames = load_first_frames(faces, ranked_clip_keys(inputs))
     figures = build_figures(inputs, frames)
     provenance = Provenance(
-        commit=git_commit(Path.cwd()), date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        inputs_digest([metrics, eval_dir, train, trials, *(stage_reports or ())])
     )
     written = write_report(inputs, provenance, figures, out)
     lead = leaders(inputs)

@@ -104,3 +104,16 @@ def test_the_import_walk_finds_indirect_imports() -> None:
     # stages.train -> pipeline.pairs -> pipeline.features -> pipeline.media
     assert {"stages/train.py", "pipeline/pairs.py", "pipeline/features.py"} <= files
     assert "pipeline/media.py" in files and "pipeline/report.py" not in files
+
+
+def test_stages_do_not_import_each_other() -> None:
+    """A stage module imports ``pipeline`` and the stage-support modules (``stages._*``), never
+    another stage: what two stages share lives in one of those, so a stage's edit reruns it
+    alone."""
+    offenders = {
+        (f.name, m)
+        for f in sorted((REPO / "stages").glob("*.py"))
+        for m in _imports(f)
+        if m.startswith("stages.") and not m.split(".")[1].startswith("_")
+    }
+    assert not offenders, f"stage modules importing other stages: {sorted(offenders)}"

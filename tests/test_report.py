@@ -21,7 +21,7 @@ METHODS = ("alpha", "beta")
 SEED = 1  # the first of the repository's params.yaml `seeds` (the stage shows that one)
 # 1:2 V→F U on test_unseen; the oracle's margin over chance is 0.40.
 HEADLINE = {"alpha": 0.72, "beta": 0.66, "oracle": 0.90}
-PROV = rp.Provenance(commit="abc1234", date="2026-01-01 00:00 UTC")
+PROV = rp.Provenance(inputs="0123456789ab")
 FACE_RGB = (200, 120, 90)  # face thumbnails: no green, so green pixels can only be frames
 
 
@@ -245,7 +245,7 @@ def test_split_table_has_a_row_per_method_oracle_and_chance(inputs: rp.ReportInp
     assert rows["chance"] == ["50.0", "50.0", "50.0", "10.0", "50.0", "50.0", "5.0", "5.0", "0.0"]
     seen = _rows(md, "test_seen (seen-heard)")
     assert seen["alpha"][0] == "74.0" and seen["chance"][6] == "3.0"
-    assert "Commit: abc1234. Date: 2026-01-01 00:00 UTC." in md
+    assert "Inputs digest: 0123456789ab" in md and "Date" not in md
     assert "240 clips of 40 identities" in md and "104 clips of 52 identities" in md
 
 
@@ -276,7 +276,7 @@ def test_long_table_lists_every_protocol_and_constraint(inputs: rp.ReportInputs)
 
 def test_training_corpus_and_best_method(inputs: rp.ReportInputs) -> None:
     md = rp.summary_markdown(inputs, PROV)
-    assert _rows(md, "Training")["alpha"] == ["518", "3", "0.4224", "280"]
+    assert _rows(md, "Training")["alpha"] == ["518", "3", "0.4224"]  # no speed: not a result
     corpus = _rows(md, "Corpus")
     assert corpus["train"] == ["2", "4", "–", "–"]
     assert corpus["test_unseen"] == ["6", "12", "6", "12"]
@@ -370,8 +370,17 @@ def test_write_report_is_atomic_and_deterministic(
     assert rp.summary_html(inputs, PROV, again) == (tmp_path / "reports/summary.html").read_text()
 
 
-def test_git_commit_outside_a_repository(tmp_path: Path) -> None:
-    assert rp.git_commit(tmp_path) == "unknown"
+def test_inputs_digest_follows_content_not_time(tmp_path: Path) -> None:
+    d = tmp_path / "metrics"
+    (d / "seeds").mkdir(parents=True)
+    (d / "seeds" / "a.json").write_text('{"x": 1}\n')
+    single = tmp_path / "trials.json"
+    single.write_text("{}\n")
+    first = rp.inputs_digest([d, single, tmp_path / "absent.json"])
+    (d / "seeds" / "a.json").touch()  # a new mtime, same bytes
+    assert rp.inputs_digest([single, d]) == first and len(first) == 12
+    (d / "seeds" / "a.json").write_text('{"x": 2}\n')
+    assert rp.inputs_digest([d, single]) != first
 
 
 @pytest.mark.slow

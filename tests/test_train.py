@@ -181,7 +181,7 @@ def test_each_method_trains_and_is_deterministic(name: str, tmp_path: Path) -> N
     # Epoch 2 is the first with clusters or identity weights (its loss has every term): from
     # there the loss goes down.
     assert hist[-1]["loss"] < hist[1]["loss"] * 0.9
-    assert hist == [{**h, "pairs_per_s": hist[i]["pairs_per_s"]} for i, h in enumerate(hist2)]
+    assert hist == hist2  # the history holds results only (no speed): equal across runs
     for k, val in enc.state_dict().items():
         assert torch.equal(val, enc2.state_dict()[k]), k
 

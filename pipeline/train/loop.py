@@ -147,6 +147,8 @@ def train(
     """Train ``method`` on ``data``; writes ``checkpoint.pt`` every epoch in ``out_dir``.
 
     ``init``: encoder weights to start from (fine-tuning); their content enters the run's digest.
+    ``progress``: called after every epoch with its history row plus ``pairs_per_s`` (the speed is
+    not kept in the history, which holds results only).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint.pt"
@@ -203,8 +205,7 @@ def train(
                 sums[k] = sums.get(k, 0.0) + float(val.detach())
         wall = time.perf_counter() - t0
         row = {"epoch": float(epoch + 1), **{k: v / steps for k, v in sums.items()}}
-        row["pairs_per_s"] = steps * cfg.batch_size / wall
-        history.append(row)
+        history.append(row)  # results only: the speed goes to ``progress``, never to a file
         _save(
             ckpt_path,
             {
@@ -218,7 +219,7 @@ def train(
             },
         )
         if progress is not None:
-            progress(row)
+            progress({**row, "pairs_per_s": steps * cfg.batch_size / wall})
     return encoders, history
 
 
