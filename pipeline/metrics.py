@@ -17,13 +17,11 @@ set beside the mAP of a random ranking on the very same gallery.
 
 from __future__ import annotations
 
-import ctypes
-import functools
+import contextlib
 import math
-from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 
 def _check_embeddings(name: str, x: np.ndarray) -> None:
@@ -210,34 +208,6 @@ def _label_codes(probe_labels: np.ndarray, gallery_labels: np.ndarray) -> tuple[
     return codes[: probe_labels.shape[0]], codes[probe_labels.shape[0] :]
 
 
-@functools.cache
-def _openblas() -> tuple[Callable[[], int], Callable[[int], None]] | None:
-    """(get, set) of the thread count of the OpenBLAS bundled with numpy's wheel, or None.
-
-    The library is the one numpy already loaded (a second ``dlopen`` of the same file returns it);
-    without threadpoolctl this is the one way to govern the threads of numpy's ``matmul``.
-    """
-    root = Path(np.__file__).parent
-    for path in sorted(
-        [*root.parent.glob("numpy.libs/*openblas*"), *root.glob(".dylibs/*openblas*")]
-    ):
-        try:
-            lib = ctypes.CDLL(str(path))
-        except OSError:
-            continue
-        for get_name, set_name in (
-            ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-            ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
-            ("openblas_get_num_threads", "openblas_set_num_threads"),
-        ):
-            if hasattr(lib, get_name) and hasattr(lib, set_name):
-                get, put = getattr(lib, get_name), getattr(lib, set_name)
-                get.restype, get.argtypes = ctypes.c_int, []
-                put.restype, put.argtypes = None, [ctypes.c_int]
-                return get, put
-    return None
-
-
 def _count_above(
     scores: np.ndarray, rows: np.ndarray, thr: np.ndarray, m: np.ndarray
 ) -> np.ndarray:
@@ -375,11 +345,9 @@ def retrieval_ap(
     beyond the inputs is about 4.2 bytes a (probe, gallery item) cell: measured with tracemalloc
     at G = 20,000, D = 128, R = 10, 44 MB at batch 512, 86 MB at 1024, 170 MB at 2048 (the score
     block, a ~1 MB copy of the rows being compared and its boolean mask, index arrays per batch).
-    ``threads`` sets, for the call, the threads of numpy's BLAS (the OpenBLAS bundled with
-    numpy's wheel, found with ctypes; restored afterwards), which run the matrix product; the
-    counting runs on the calling thread. Where numpy's BLAS is not that OpenBLAS, ``threads`` has
-    no effect (set ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` before numpy is imported);
-    None leaves the setting alone.
+    ``threads`` sets, for the call, the threads of numpy's BLAS (with threadpoolctl; restored
+    afterwards), which run the matrix product; the counting runs on the calling thread. None
+    leaves the setting alone.
     """
     _check_embeddings("probe", probe)
     _check_embeddings("gallery", gallery)
@@ -404,12 +372,13 @@ def retrieval_ap(
     gal_t = np.ascontiguousarray(gallery, dtype=np.float32).T  # (D, G)
     ap = np.full(probe.shape[0], np.nan)  # (P,)
     todo = np.flatnonzero(n_rel > 0)  # probes with no match are never scored
-    blas = _openblas() if threads is not None else None
-    saved = blas[0]() if blas is not None else None
-    if blas is not None and threads is not None:
-        blas[1](threads)
+    limits = (
+        threadpool_limits(limits=threads, user_api="blas")
+        if threads is not None
+        else contextlib.nullcontext()
+    )
     buf = np.empty((min(batch, todo.shape[0]), gallery.shape[0]), dtype=np.float32)
-    try:
+    with limits:
         for s in range(0, todo.shape[0], batch):
             rows_p = todo[s : s + batch]  # (B,)
             xq = np.ascontiguousarray(probe[rows_p], dtype=np.float32)  # (B, D)
@@ -419,9 +388,6 @@ def retrieval_ap(
             k = np.arange(rel_row.shape[0]) - np.repeat(np.cumsum(r) - r, r)  # (ΣR,) 0..R-1
             rel_col = g_by_label[first[p_code[rows_p]][rel_row] + k]  # (ΣR,)
             ap[rows_p] = _batch_ap(scores, rel_row, rel_col, r)
-    finally:
-        if blas is not None and saved is not None:
-            blas[1](saved)
     return ap
 
 
