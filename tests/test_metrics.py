@@ -5,10 +5,10 @@ from __future__ import annotations
 import itertools
 import math
 
-import faiss
 import numpy as np
 import pytest
 
+from pipeline import metrics
 from pipeline.metrics import (
     equal_error_rate,
     expected_random_ap,
@@ -301,12 +301,104 @@ def test_retrieval_matches_plain_loop_on_random_floats() -> None:
     assert np.mean(want[:100]) > np.mean(want[100:]) + 0.1  # the check sees ranking quality
 
 
+def _ap_formula(scores: np.ndarray, rel: np.ndarray) -> float:
+    """Plain-loop AP of one probe from the tie formula: numpy sort, then for each tied block of n
+    items at ranks o+1..o+n holding a relevant items with c relevant above, add
+    (a/n) Σ_i (c + 1 + (i-1)(a-1)/(n-1)) / (o+i), place by place."""
+    order = np.argsort(-scores, kind="stable")
+    s, r = scores[order], rel[order]
+    total, c, o = 0.0, 0, 0
+    while o < len(s):
+        n = 1
+        while o + n < len(s) and s[o + n] == s[o]:
+            n += 1
+        a = int(r[o : o + n].sum())
+        for i in range(1, n + 1):
+            step = (a - 1) / (n - 1) if n > 1 else 0.0
+            total += a / n * (c + 1 + (i - 1) * step) / (o + i)
+        c += a
+        o += n
+    return total / c if c else math.nan
+
+
+def _ap_formula_all(
+    probe: np.ndarray, pl: np.ndarray, gallery: np.ndarray, gl: np.ndarray
+) -> np.ndarray:
+    scores = probe.astype(np.float64) @ gallery.astype(np.float64).T
+    return np.array([_ap_formula(scores[i], gl == pl[i]) for i in range(len(probe))])
+
+
+def _heavy_ties() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Entries in {-1, -1/2, 0, 1/2, 1} and D = 5: every score is a multiple of 1/4 in [-5, 5]
+    (exact in float32 in any order), so most scores tie. Labels: R from 1 to 30, and probes with
+    no match."""
+    rng = np.random.default_rng(9)
+    r = np.array([1, 1, 2, 3, 5, 8, 13, 30, 1, 17])  # gallery items per label 0..9
+    gl = rng.permutation(np.repeat(np.arange(len(r)), r))  # (G,) G = 81
+    g = rng.integers(-2, 3, size=(len(gl), 5)) / 2
+    p = rng.integers(-2, 3, size=(120, 5)) / 2
+    p[:10] = 0.0  # an all-zero probe ties the whole gallery
+    pl = rng.integers(len(r) + 3, size=120)  # labels 10..12: no match
+    return p.astype(np.float32), pl, g.astype(np.float32), gl
+
+
+def test_tie_formula_reference_equals_enumeration() -> None:
+    # The formula reference against the placement-enumerating one, on small tie-heavy lists.
+    rng = np.random.default_rng(10)
+    for _ in range(200):
+        scores = rng.integers(0, 4, size=9).astype(np.float64)
+        rel = rng.random(9) < 0.4
+        rel[rng.integers(9)] = True
+        assert _ap_formula(scores, rel) == pytest.approx(_ap_reference(scores, rel), abs=1e-12)
+
+
+@pytest.mark.parametrize("compare_max", [0, 2, 8, 10_000])
+def test_retrieval_heavy_ties_match_formula(
+    monkeypatch: pytest.MonkeyPatch, compare_max: int
+) -> None:
+    # compare_max 0: every probe bins its scores by binary search; 10_000: every probe compares
+    # row by row; in between, a batch mixes the two. A tiny _TIE_PLACES splits the tie sums.
+    monkeypatch.setattr(metrics, "_COMPARE_MAX", compare_max)
+    monkeypatch.setattr(metrics, "_TIE_PLACES", 7)
+    p, pl, g, gl = _heavy_ties()
+    want = _ap_formula_all(p, pl, g, gl)
+    assert np.isnan(want).sum() >= 10 and (~np.isnan(want)).sum() >= 80
+    got = {b: retrieval_ap(p, pl, g, gl, batch=b) for b in (1, 7, 512)}
+    np.testing.assert_allclose(got[512], want, rtol=0, atol=1e-12, equal_nan=True)
+    np.testing.assert_array_equal(got[1], got[512])
+    np.testing.assert_array_equal(got[7], got[512])
+    # The all-zero probes tie the whole gallery: AP is the chance level, exactly.
+    for i in np.flatnonzero(~np.isnan(want[:10])):
+        r = int((gl == pl[i]).sum())
+        assert got[512][i] == pytest.approx(expected_random_ap(r, len(gl)), abs=1e-12)
+
+
+@pytest.mark.parametrize("compare_max", [0, 10_000])
+def test_retrieval_r_equals_g_and_r_one(monkeypatch: pytest.MonkeyPatch, compare_max: int) -> None:
+    monkeypatch.setattr(metrics, "_COMPARE_MAX", compare_max)
+    p, _, g, _ = _heavy_ties()
+    # R = G: every ranking is perfect, ties or not.
+    ap = retrieval_ap(p, np.zeros(len(p)), g, np.zeros(len(g)), batch=7)
+    np.testing.assert_allclose(ap, 1.0, rtol=0, atol=1e-12)
+    # R = 1 for every probe: AP = expected 1 / rank of the one item.
+    gl = np.arange(len(g))
+    pl = np.arange(len(p)) % (len(g) + 5)  # some probes match nothing
+    want = _ap_formula_all(p, pl, g, gl)
+    got = retrieval_ap(p, pl, g, gl, batch=7)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12, equal_nan=True)
+
+
 def test_retrieval_threads_argument_restores_setting() -> None:
-    before = faiss.omp_get_max_threads()
+    from threadpoolctl import threadpool_info
+
+    def blas_threads() -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
     x = _unit(np.random.default_rng(6).normal(size=(20, 4)))
     lab = np.arange(20) % 4
     a = retrieval_ap(x, lab, x, lab, threads=1)
-    assert faiss.omp_get_max_threads() == before
+    assert blas_threads() == before
     np.testing.assert_allclose(a, retrieval_ap(x, lab, x, lab))
 
 
@@ -320,6 +412,7 @@ def test_retrieval_rejects_bad_input() -> None:
         "non-finite": (np.full((4, 3), np.inf), lab, x, lab, {}),
         "batch": (x, lab, x, lab, {"batch": 0}),
         "threads": (x, lab, x, lab, {"threads": 0}),
+        "overflow": (x * 1e19, lab, x * 1e19, lab, {}),
     }
     for msg, (a, b, c, d, kw) in bad.items():
         with pytest.raises(ValueError, match=msg):
