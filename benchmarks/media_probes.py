@@ -40,10 +40,11 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from pipeline.evaluate import Embeddings, match_accuracy
 from pipeline.jpeg import decode_jpeg
-from pipeline.oracle import matching_trials
 from pipeline.schema import FACE_FRAMES, MANIFEST, SYNTH_IDENTITIES, VOICE_FEATURES, read_table
 from pipeline.synth.people import FACE_PARAM_COLUMNS, NATIONALITIES, VOICE_PARAM_COLUMNS
+from pipeline.trials import TrialSpec, generate_trials
 
 LOGREG_GRID = (3e-3, 1e-2, 3e-2, 1e-1, 1.0)
 RIDGE_GRID = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3)  # x n_train
@@ -283,14 +284,25 @@ def probe(
 
 
 def attribute_matching(
-    voice: dict[str, np.ndarray], face: dict[str, np.ndarray], trials: np.ndarray
+    voice: dict[str, np.ndarray],
+    face: dict[str, np.ndarray],
+    clip_keys: list[str],
+    trials: pd.DataFrame,
+    split: str,
 ) -> float:
-    """1:2 V->F accuracy when a voice picks the face with the nearest predicted attributes."""
+    """1:2 V->F accuracy when a voice picks the face with the nearest predicted attributes.
+
+    Scored by the evaluation's code on ``trials`` (a TRIALS table over ``clip_keys``, the rows
+    of ``voice``/``face``): the negated squared distance is an inner product,
+    ``-|v - f|^2 = [2v, -|v|^2, -1] . [f, 1, |f|^2]``.
+    """
     v = np.concatenate([voice[k] for k in sorted(voice)], axis=1)
     f = np.concatenate([face[k] for k in sorted(face)], axis=1)
-    d_true = ((v[trials[:, 0]] - f[trials[:, 1]]) ** 2).sum(1)
-    d_imp = ((v[trials[:, 0]] - f[trials[:, 2]]) ** 2).sum(1)
-    return float(np.mean(d_true < d_imp) + 0.5 * np.mean(d_true == d_imp))
+    one = np.ones((len(v), 1))
+    vv = np.hstack([2 * v, -(v**2).sum(1, keepdims=True), -one])
+    ff = np.hstack([f, one, (f**2).sum(1, keepdims=True)])
+    acc = match_accuracy(Embeddings(clip_keys, ff, vv), trials, split, "U", "v2f")
+    return float("nan") if acc is None else acc
 
 
 # ---------------------------------------------------------------- main
@@ -382,17 +394,16 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
 
-    trials = matching_trials(
-        groups[te],
-        targets["gender"][te],
-        args.trials,
-        "U",
-        np.random.default_rng(0),
-    )
+    test = m[te].reset_index(drop=True)
+    spec = TrialSpec(args.trials, 2, 0, candidates=2)
+    trials, _ = generate_trials(test, spec, ("test_unseen",))
+    keys = test["clip_key"].tolist()
     match: dict[str, float] = {}
     for vname in [k for k in preds if k.startswith("voice")]:
         for fname in [k for k in preds if k.startswith("face")]:
-            match[f"{vname}->{fname}"] = attribute_matching(preds[vname], preds[fname], trials)
+            match[f"{vname}->{fname}"] = attribute_matching(
+                preds[vname], preds[fname], keys, trials, "test_unseen"
+            )
     print("1:2 V->F U by predicted-attribute distance (no pairing learnt):")
     for k, v in match.items():
         print(f"  {k:<32}{v:.3f}")

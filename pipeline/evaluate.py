@@ -34,6 +34,7 @@ from pipeline.schema import (
     read_table,
 )
 from pipeline.train.loop import Encoders, embed_clips
+from pipeline.trials import TrialSpec, generate_trials
 
 EVAL_SPLITS = ("test_unseen", "test_seen")
 CHANCE = {"match_1to2": 0.5, "match_1to10": 0.1, "verify_auc": 0.5, "verify_eer": 0.5}
@@ -130,6 +131,59 @@ def _sides(emb: Embeddings, direction: str) -> tuple[np.ndarray, np.ndarray]:
     return (emb.voice, emb.face) if direction == "v2f" else (emb.face, emb.voice)
 
 
+def _match_index(emb: Embeddings, g: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Embedding rows of match trials: the probes (T,) and each trial's candidates."""
+    return emb.rows(g["probe"]), [emb.rows(list(c)) for c in g["candidates"]]
+
+
+def _credit_1to2(
+    emb: Embeddings, direction: str, probes: np.ndarray, cands: list[np.ndarray]
+) -> np.ndarray:
+    """Per match trial, the 1:2 credit on its first two candidates (:mod:`pipeline.metrics`)."""
+    probe_emb, cand_emb = _sides(emb, direction)
+    pairs = np.array([[p, c[0], c[1]] for p, c in zip(probes, cands, strict=True)])
+    credit: np.ndarray = metrics.matching_credit(probe_emb, cand_emb, pairs)[:, 0]
+    return credit
+
+
+def match_accuracy(
+    emb: Embeddings, trials: pd.DataFrame, split: str, constraint: str, direction: str = "v2f"
+) -> float | None:
+    """1:2 accuracy of the TRIALS table's match trials of (split, constraint, direction): what
+    :func:`score` reports as ``match_1to2``; None when the table has no such trial."""
+    g = trials[
+        (trials["protocol"] == "match")
+        & (trials["split"] == split)
+        & (trials["constraint"] == constraint)
+        & (trials["direction"] == direction)
+    ]
+    if not len(g):
+        return None
+    probes, cands = _match_index(emb, g)
+    return float(_credit_1to2(emb, direction, probes, cands).mean())
+
+
+def quick_match(
+    emb: Embeddings,
+    clips: pd.DataFrame,
+    split: str,
+    n_match: int,
+    seed: int,
+    constraints: tuple[str, ...] = ("U", "G"),
+    direction: str = "v2f",
+) -> dict[str, float | None]:
+    """1:2 accuracy per constraint on trials drawn by :func:`pipeline.trials.generate_trials`
+    (``n_match`` trials of two candidates, from ``seed``) over ``split``'s clips that have
+    embeddings. ``clips``: manifest-like rows (the trial generator's columns). A constraint
+    the split cannot make trials for (e.g. one person of some gender under ``G``, or a split
+    of fewer than two identities) is None."""
+    part = clips[(clips["split"] == split) & clips["clip_key"].isin(emb.clip_keys)]
+    if part["identity"].nunique() < 2:
+        return dict.fromkeys(constraints)
+    trials, _ = generate_trials(part, TrialSpec(n_match, 2, seed, candidates=2), (split,))
+    return {c: match_accuracy(emb, trials, split, c, direction) for c in constraints}
+
+
 @dataclass(frozen=True)
 class Scores:
     metrics: dict[str, Any]  # the nested metrics-file content
@@ -179,10 +233,8 @@ def score(
     ):
         if protocol == "match":
             probe_emb, cand_emb = _sides(emb, direction)
-            probes = emb.rows(g["probe"])
-            cands = [emb.rows(list(c)) for c in g["candidates"]]
-            pairs = np.array([[p, c[0], c[1]] for p, c in zip(probes, cands, strict=True)])
-            credit2 = metrics.matching_credit(probe_emb, cand_emb, pairs)[:, 0]
+            probes, cands = _match_index(emb, g)
+            credit2 = _credit_1to2(emb, direction, probes, cands)
             _nest(out, ("match_1to2", direction, constraint, split), credit2.mean())
             keep(g, credit2)
             k = max(len(c) for c in cands)

@@ -1,6 +1,7 @@
 """The oracle: a voice-face scorer that reads the corpus's ground-truth rendering parameters.
 
-It is the ceiling a learned method is compared with on the synthetic corpus. Both sides are
+It is the ceiling a learned method is compared with on the synthetic corpus (the ``oracle`` stage
+scores it on the stored trials, :func:`pipeline.evaluate.oracle_embeddings`). Both sides are
 z-scored with training statistics; a ridge-regression map, fitted on training identities, predicts
 the face parameters from the voice parameters; a voice and a face score the cosine between the
 predicted and the actual face parameters. Nothing here is read by any training stage.
@@ -68,111 +69,37 @@ def clip_parameters(identities: pd.DataFrame, clips: pd.DataFrame) -> tuple[np.n
     return voice, face
 
 
-def matching_trials(
-    identity: np.ndarray,
-    gender: np.ndarray,
-    n_trials: int,
-    constraint: str,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """1:2 trials over clips: (n_trials, 3) indices (probe, true candidate, impostor).
-
-    The true candidate is another clip of the probe's identity (the probe's own clip when it has
-    no other); ``constraint`` ``"U"`` draws any other identity as impostor, ``"G"`` one of the
-    probe's gender.
-    """
-    if constraint not in ("U", "G"):
-        raise ValueError(f"unknown constraint {constraint!r}; expected 'U' or 'G'")
-    by_id: dict[str, np.ndarray] = {k: np.flatnonzero(identity == k) for k in np.unique(identity)}
-    ids = np.array(sorted(by_id))
-    id_gender = {k: gender[by_id[k][0]] for k in ids}
-    out = np.empty((n_trials, 3), dtype=np.int64)
-    for t in range(n_trials):
-        probe = int(rng.integers(len(identity)))
-        me = identity[probe]
-        own = by_id[me]
-        others = own[own != probe]
-        true = int(rng.choice(others)) if len(others) else probe
-        pool = [k for k in ids if k != me and (constraint == "U" or id_gender[k] == id_gender[me])]
-        if not pool:
-            raise ValueError(f"identity {me} has no impostor under constraint {constraint}")
-        imp_id = pool[int(rng.integers(len(pool)))]
-        out[t] = (probe, true, int(rng.choice(by_id[imp_id])))
-    return out
-
-
-def matching_accuracy(voice_emb: np.ndarray, face_emb: np.ndarray, trials: np.ndarray) -> float:
-    """V->F 1:2 accuracy: a voice probe is right when its own face outscores the impostor's."""
-    probe = voice_emb[trials[:, 0]]
-    s_true = np.einsum("nd,nd->n", probe, face_emb[trials[:, 1]])
-    s_imp = np.einsum("nd,nd->n", probe, face_emb[trials[:, 2]])
-    return float(np.mean(s_true > s_imp) + 0.5 * np.mean(s_true == s_imp))
-
-
-def evaluate_oracle(
-    identities: pd.DataFrame,
-    clips: pd.DataFrame,
-    train_ids: set[str],
-    test_ids: set[str],
-    n_trials: int = 20000,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Fit on ``train_ids``' clips, score 1:2 V->F matching (U and G) on ``test_ids``' clips."""
-    voice, face = clip_parameters(identities, clips)
-    is_train = clips["identity"].isin(train_ids).to_numpy()
-    is_test = clips["identity"].isin(test_ids).to_numpy()
-    oracle = fit_oracle(voice[is_train], face[is_train])
-    ve = oracle.embed_voice(voice[is_test])
-    fe = oracle.embed_face(face[is_test])
-    test = clips[is_test].merge(identities[["identity", "gender"]], on="identity", how="left")
-    ident = test["identity"].to_numpy()
-    gender = test["gender"].to_numpy()
-    rng = np.random.default_rng(seed)
-    return {
-        c: matching_accuracy(ve, fe, matching_trials(ident, gender, n_trials, c, rng))
-        for c in ("U", "G")
-    }
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Print the oracle's 1:2 V->F accuracy (U and G) on the manifest's unseen test identities."""
+    """Print the oracle stage's 1:2 matching accuracy on the unseen test identities, read from
+    its metrics file (the report's trials and metric functions; run ``dvc repro`` first)."""
     import argparse
     import json
+    import sys
     from pathlib import Path
 
-    from pipeline.schema import MANIFEST, SYNTH_CLIPS, SYNTH_IDENTITIES, read_table
-
     ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--corpus", type=Path, default=Path("data/synth"))
-    ap.add_argument("--manifest", type=Path, default=Path("data/manifest/clips.parquet"))
-    ap.add_argument("--trials", type=int, default=20000)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--metrics", type=Path, default=Path("reports/metrics/oracle.json"))
+    ap.add_argument("--trials-summary", type=Path, default=Path("reports/trials.json"))
     args = ap.parse_args(argv)
-    identities = read_table(args.corpus / "ground_truth" / "identities.parquet", SYNTH_IDENTITIES)
-    clips = read_table(args.corpus / "ground_truth" / "clips.parquet", SYNTH_CLIPS)
-    manifest = read_table(args.manifest, MANIFEST)
-    splits = dict(
-        zip(
-            manifest["identity"],
-            manifest["split"].where(manifest["split"] != "test_seen", "train"),
-            strict=False,
-        )
-    )
-    train = {k for k, v in splits.items() if v == "train"}
-    test = {k for k, v in splits.items() if v == "test_unseen"}
-    acc = evaluate_oracle(identities, clips, train, test, args.trials, args.seed)
-    print(
-        json.dumps(
-            {
-                "oracle_1to2_v2f_U": round(acc["U"], 4),
-                "oracle_1to2_v2f_G": round(acc["G"], 4),
-                "train_identities": len(train),
-                "test_identities": len(test),
-                "trials": args.trials,
-            },
-            indent=2,
-        )
-    )
+    for f in (args.metrics, args.trials_summary):
+        if not f.is_file():
+            print(f"{f}: not found; run `dvc repro` first", file=sys.stderr)
+            raise SystemExit(2)
+    m = json.loads(args.metrics.read_text())
+    if m.get("available", True) is False:
+        print(json.dumps({"available": False, "reason": m.get("reason", "")}, indent=2))
+        return
+    split = "test_unseen"
+    out: dict[str, object] = {
+        f"oracle_1to2_{d}_{c}": m.get("match_1to2", {}).get(d, {}).get(c, {}).get(split)
+        for d in ("v2f", "f2v")
+        for c in ("U", "G")
+    }
+    summary = json.loads(args.trials_summary.read_text())
+    out["test_identities"] = summary["splits"][split]["identities"]
+    out["trials_per_direction_and_constraint"] = summary["n_match"]
+    out["source"] = str(args.metrics)
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -22,11 +22,11 @@ import torch
 from prefect import flow
 
 from pipeline.atomic import atomic_path
+from pipeline.evaluate import Embeddings, quick_match
 from pipeline.methods.bipseudo import BiPseudo, BiPseudoParams
 from pipeline.methods.cid import CID, CIDParams
 from pipeline.methods.cmpc import CMPC, CMPCParams
 from pipeline.methods.wen2021 import Wen2021, Wen2021Params
-from pipeline.oracle import matching_accuracy, matching_trials
 from pipeline.pairs import PairData, load_pairs
 from pipeline.params import Params
 from pipeline.schema import MANIFEST, read_table
@@ -117,21 +117,14 @@ def train_flow(
         mparams = (mparams, weights.tolist())
     encoders, history = train(data, method, mparams, cfg, state / "main", dev, progress=show)
     save_model(Path(out) / "model.pt", cfg, method_name, encoders)
-    # Quick check on the validation identities (the evaluation stages score the test splits).
-    test = load_pairs(Path(manifest), Path(faces), Path(voice), ("val",), t.face_size_px)
-    f, v = embed_clips(encoders, test, dev)
-    m = read_table(manifest, MANIFEST).set_index("clip_key")
-    gender = m.loc[test.clip_keys, "gender"].fillna("?").to_numpy()
-    ident = np.array([test.identities[i] for i in test.identity.tolist()])
-    rng = np.random.default_rng(params.base.seed)
-    acc: dict[str, float | None] = {}
-    for c in ("U", "G"):
-        try:
-            trials = matching_trials(ident, gender, t.eval_trials, c, rng)
-        except ValueError:  # e.g. a small split with one person of some gender: no G trial
-            acc[c] = None
-            continue
-        acc[c] = round(matching_accuracy(v.numpy(), f.numpy(), trials), 4)
+    # Quick check on the validation identities (the evaluation stages score the test splits),
+    # on trials drawn and scored by the evaluation's own code.
+    val = load_pairs(Path(manifest), Path(faces), Path(voice), ("val",), t.face_size_px)
+    f, v = embed_clips(encoders, val, dev)
+    emb = Embeddings(list(val.clip_keys), f.numpy(), v.numpy())
+    m = read_table(manifest, MANIFEST)
+    acc = quick_match(emb, m, "val", t.eval_trials, params.base.seed)
+    acc = {c: None if a is None else round(a, 4) for c, a in acc.items()}
     return {
         "history": history,
         "final_loss": history[-1]["loss"],
@@ -144,7 +137,7 @@ def train_flow(
         "seed": seed,
         "val_1to2_v2f_U": acc["U"],
         "val_1to2_v2f_G": acc["G"],
-        "val_identities": len(test.identities),
+        "val_identities": len(val.identities),
         **extra,
     }
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.evaluate import Embeddings, oracle_fraction, score
+from pipeline.evaluate import Embeddings, match_accuracy, oracle_fraction, quick_match, score
 from pipeline.methods.lowshot import LowShot, LowShotParams
 from pipeline.pairs import select_clips
 from pipeline.schema import OUTCOMES, read_table
@@ -79,6 +79,35 @@ def test_metric_keys_and_perfect_embeddings() -> None:
     assert (s.match_curve["v2f"] == 1.0).all()
     assert s.roc.iloc[0].tolist() == [0.0, 0.0] and s.roc.iloc[-1].tolist() == [1.0, 1.0]
     assert len(s.ranked) == 6 and all(r["ranked"][0]["true"] for r in s.ranked)
+
+
+def test_match_accuracy_is_the_reported_1to2_figure() -> None:
+    clips = _clips()
+    trials, _ = generate_trials(clips, TrialSpec(n_match=300, n_verify=200, seed=1))
+    identity = dict(zip(clips["clip_key"], clips["identity"], strict=True))
+    emb = _embeddings(clips, 1.0)
+    m = score(emb, trials, identity).metrics
+    for split, c, d in (("test_unseen", "U", "v2f"), ("test_seen", "G", "f2v")):
+        acc = match_accuracy(emb, trials, split, c, d)
+        assert acc is not None and round(acc, 4) == m["match_1to2"][d][c][split]
+    assert match_accuracy(emb, trials, "val", "U") is None
+
+
+def test_quick_match_on_the_val_split() -> None:
+    clips = _clips().assign(split=lambda d: d["split"].replace("test_seen", "val"))
+    emb = _embeddings(clips, 0.0)
+    acc = quick_match(emb, clips, "val", 500, 3)
+    assert acc == {"U": 1.0, "G": 1.0}
+    assert quick_match(emb, clips, "val", 500, 3) == acc  # seeded
+    # Two identities of different genders: no G trial; one identity: no trial at all.
+    two = clips[clips["identity"].isin(["seen000", "seen001"])]
+    assert quick_match(_embeddings(two, 0.0), two, "val", 100, 3)["G"] is None
+    one = clips[clips["identity"] == "seen000"]
+    assert quick_match(_embeddings(one, 0.0), one, "val", 100, 3) == {"U": None, "G": None}
+    # The trials are the trial generator's: the test splits' draws do not depend on val.
+    with_val = generate_trials(clips, TrialSpec(50, 2, 1), ("test_unseen",))[0]
+    without = generate_trials(_clips(), TrialSpec(50, 2, 1), ("test_unseen",))[0]
+    pd.testing.assert_frame_equal(with_val, without)
 
 
 def test_random_embeddings_score_at_chance() -> None:

@@ -6,14 +6,15 @@ import contextlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from pipeline.evaluate import Embeddings, quick_match
 from pipeline.methods.bipseudo import BiPseudo, BiPseudoParams
 from pipeline.methods.cid import CID, CIDParams
 from pipeline.methods.cmpc import CMPC, CMPCParams
 from pipeline.methods.wen2021 import Wen2021, Wen2021Params
-from pipeline.oracle import matching_accuracy, matching_trials
 from pipeline.pairs import PairData, sample_batch
 from pipeline.train.loop import TrainConfig, embed_clips, train
 
@@ -86,11 +87,13 @@ def test_cid_learns_the_toy_association_and_is_deterministic(tmp_path: Path) -> 
     )
     assert hist[-1]["loss"] < hist[0]["loss"] * 0.8
     f, v = embed_clips(enc, data, torch.device("cpu"))
-    ident = np.array([data.identities[i] for i in data.identity.tolist()])
-    trials = matching_trials(
-        ident, np.array(["m"] * len(ident)), 2000, "U", np.random.default_rng(0)
-    )
-    assert matching_accuracy(v.numpy(), f.numpy(), trials) > 0.8
+    ident = [data.identities[i] for i in data.identity.tolist()]
+    clips = pd.DataFrame(
+        {"clip_key": data.clip_keys, "identity": ident, "split": "val", "gender": "m"}
+    ).assign(video_id=lambda d: d["clip_key"], nationality=None)
+    emb = Embeddings(list(data.clip_keys), f.numpy(), v.numpy())
+    acc = quick_match(emb, clips, "val", 2000, 0)["U"]
+    assert acc is not None and acc > 0.8
     _, again = train(
         data, CID(CIDParams(0.2)), CIDParams(0.2), CFG, tmp_path / "b", torch.device("cpu")
     )
