@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.methods.registry import build_method
 from pipeline.oracle import matching_accuracy, matching_trials
 from pipeline.pairs import PairData, load_pairs, select_clips
 from pipeline.params import load_params
 from pipeline.schema import MANIFEST, read_table
 from pipeline.train.loop import Encoders, TrainConfig, embed_clips, train
-from stages.train import build_method
 
 
 def accuracy(enc: Encoders, data: PairData, gender: dict[str, str], seed: int) -> float:
