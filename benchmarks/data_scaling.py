@@ -22,11 +22,11 @@ import pandas as pd
 import torch
 
 from pipeline.evaluate import Embeddings, quick_match
+from pipeline.methods.registry import build_method
 from pipeline.pairs import PairData, load_pairs, select_clips
 from pipeline.params import load_params
 from pipeline.schema import MANIFEST, read_table
 from pipeline.train.loop import Encoders, TrainConfig, embed_clips, train
-from stages.train import build_method
 
 
 def accuracy(enc: Encoders, data: PairData, clips: pd.DataFrame, split: str, seed: int) -> float:

@@ -9,7 +9,7 @@ that changing them does not invalidate DVC's caches.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ruamel.yaml import YAML
@@ -147,6 +147,14 @@ class TrainParams(_Section):
     eval_trials: int = Field(ge=100)
 
 
+#: A number of clusters: k-means needs at least two.
+ClusterCount = Annotated[int, Field(ge=2)]
+
+
+# The methods' sections: each is the one definition of its method's params (the method module
+# takes it as is; ``pipeline.methods.registry`` names the section of each method).
+
+
 class CidSection(_Section):
     """``cid``: symmetric cross-modal InfoNCE."""
 
@@ -154,7 +162,10 @@ class CidSection(_Section):
 
 
 class Wen2021Section(_Section):
-    """``wen2021``: Wen et al. 2021; the schedule is in training steps of the re-weighting run."""
+    """``wen2021``: Wen et al. 2021. ``published_code``: the released code's loss weighting
+    (:mod:`pipeline.methods.wen2021`); ``reweight_epochs``: the first (re-weighting) run's length;
+    ``warmup_steps`` / ``every_steps``: the re-weighting schedule in training steps of that run
+    (paper: 500 / 100 of a 2,400-step run)."""
 
     published_code: bool
     reweight_epochs: int = Field(ge=1)
@@ -165,10 +176,15 @@ class Wen2021Section(_Section):
 
 class CmpcSection(_Section):
     """``cmpc``: CMPC (IJCAI 2022). ``clusters``: K per granularity (scale with the data: the paper
-    uses 500/1000/1500 for ~18k videos, about 0.4/0.8/1.2 x the identity count)."""
+    uses 500/1000/1500 for ~18k videos, about 0.4/0.8/1.2 x the identity count);
+    ``start_epoch`` (0-based, >= 1: epoch 0 would cluster the random initial memory) /
+    ``every_epochs``: when the memory is clustered; ``delta`` / ``kappa``: the recalibration
+    Gaussian; ``phi_mean``: the concentrations' mean; ``prototypes`` / ``recalibration``: switch the
+    parts off (both off = ``cid``; with ``published_code``, 2 x ``cid``); ``published_code``: the
+    released code's loss and loop (:mod:`pipeline.methods.cmpc`)."""
 
     tau: float = Field(gt=0)
-    clusters: list[int] = Field(min_length=1)
+    clusters: list[ClusterCount] = Field(min_length=1)
     start_epoch: int = Field(ge=1)
     every_epochs: int = Field(ge=1)
     memory_momentum: float = Field(ge=0, lt=1)
@@ -186,7 +202,7 @@ class BipseudoSection(_Section):
 
     tau: float = Field(gt=0)
     proto_tau: float = Field(gt=0)
-    clusters: list[int] = Field(min_length=1)
+    clusters: list[ClusterCount] = Field(min_length=1)
     start_epoch: int = Field(ge=1)
     every_epochs: int = Field(ge=1)
     memory_momentum: float = Field(ge=0, lt=1)

@@ -6,8 +6,10 @@ k-means; a checkpoint every epoch, resumed after a kill), and writes ``models/<m
 (``model.pt``; ``state/`` keeps the checkpoints across runs for resuming), the per-epoch
 history for ``dvc plots`` and a quick 1:2 voice->face check on the validation identities (the
 test splits are for the evaluation stages only). ``wen2021``
-runs its two phases here (the re-weighting run, then the main run with the identity weights
-frozen). The device comes from ``VOXFACE_DEVICE`` (default: CUDA when present, else CPU).
+runs its two phases (the re-weighting run, then the main run with the identity weights
+frozen; :func:`pipeline.methods.wen2021.phases`). The method comes from
+:mod:`pipeline.methods.registry`. The device comes from ``VOXFACE_DEVICE`` (default: CUDA when
+present, else CPU).
 """
 
 from __future__ import annotations
@@ -23,14 +25,11 @@ from prefect import flow
 
 from pipeline.atomic import atomic_path
 from pipeline.evaluate import Embeddings, quick_match
-from pipeline.methods.bipseudo import BiPseudo, BiPseudoParams
-from pipeline.methods.cid import CID, CIDParams
-from pipeline.methods.cmpc import CMPC, CMPCParams
-from pipeline.methods.wen2021 import Wen2021, Wen2021Params
-from pipeline.pairs import PairData, load_pairs
+from pipeline.methods.registry import MethodSetupError, UnknownMethodError, lookup, train_method
+from pipeline.pairs import load_pairs
 from pipeline.params import Params
 from pipeline.schema import MANIFEST, read_table
-from pipeline.train.loop import TrainConfig, embed_clips, save_model, train
+from pipeline.train.loop import embed_clips, save_model
 from stages._runtime import (
     device,
     fail,
@@ -43,31 +42,6 @@ from stages._runtime import (
 )
 
 
-def build_method(
-    name: str, params: Params, data: PairData, seed: int
-) -> tuple[torch.nn.Module, object]:
-    """The method's loss module (seeded, so a classifier's init is reproducible) and params."""
-    torch.manual_seed(seed)
-    if name == "cid":
-        p = CIDParams(params.cid.tau)
-        return CID(p), p
-    if name == "wen2021":
-        w = params.wen2021
-        wp = Wen2021Params(
-            w.published_code, w.reweight_epochs, w.warmup_steps, w.every_steps, w.initial_hardness
-        )
-        return Wen2021(wp, len(data.identities), params.train.embed_dim), wp
-    if name == "cmpc":
-        c = params.cmpc
-        cp = CMPCParams(**{**c.model_dump(), "clusters": tuple(c.clusters)})
-        return CMPC(cp, len(data.videos), params.train.embed_dim, seed), cp
-    if name == "bipseudo":
-        b = params.bipseudo
-        bp = BiPseudoParams(**{**b.model_dump(), "clusters": tuple(b.clusters)})
-        return BiPseudo(bp, len(data), params.train.embed_dim, seed), bp
-    raise SystemExit(f"unknown method {name!r}")
-
-
 @flow(name="train")
 def train_flow(
     method_name: str, seed: int, params: Params, manifest: str, faces: str, voice: str, out: str
@@ -75,24 +49,7 @@ def train_flow(
     t = params.train
     setup_torch()
     data = load_pairs(Path(manifest), Path(faces), Path(voice), ("train",), t.face_size_px)
-    try:
-        method, mparams = build_method(method_name, params, data, seed)
-    except ValueError as e:  # e.g. more clusters than the clips the faces/voice stages kept
-        return {"error": str(e)}
-    cfg = TrainConfig(
-        t.epochs,
-        t.batch_size,
-        t.lr,
-        t.weight_decay,
-        t.embed_dim,
-        t.face_encoder,
-        t.voice_encoder,
-        t.voice_frames,
-        seed,
-        head=getattr(method, "head", "none"),
-    )
     dev = device()
-    state = Path(out) / "state"
     rates: list[float] = []
 
     def show(row: dict[str, float]) -> None:
@@ -103,19 +60,12 @@ def train_flow(
             flush=True,
         )
 
-    extra: dict[str, Any] = {}
-    if isinstance(method, Wen2021):
-        # Phase 1: the re-weighting run; its final identity weights are frozen for phase 2,
-        # which trains fresh encoders and classifier (the paper's two runs, one stage).
-        rw_cfg = TrainConfig(**{**cfg.__dict__, "epochs": params.wen2021.reweight_epochs})
-        train(data, method, mparams, rw_cfg, state / "reweight", dev, progress=show)
-        weights = method.weights.detach().clone()
-        extra["identities_kept"] = round(float((weights > 0).float().mean()), 4)
-        method, _ = build_method(method_name, params, data, seed)
-        assert isinstance(method, Wen2021)
-        method.freeze(weights)
-        mparams = (mparams, weights.tolist())
-    encoders, history = train(data, method, mparams, cfg, state / "main", dev, progress=show)
+    try:  # the method's phases (wen2021: two, pipeline.methods.wen2021.phases)
+        cfg, (encoders, history, extra) = train_method(
+            method_name, params, data, seed, Path(out) / "state", dev, show
+        )
+    except MethodSetupError as e:  # e.g. more clusters than the clips the faces/voice stages kept
+        return {"error": str(e)}
     save_model(Path(out) / "model.pt", cfg, method_name, encoders)
     # Quick check on the validation identities (the evaluation stages score the test splits),
     # on trials drawn and scored by the evaluation's own code.
@@ -153,6 +103,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None, help="default: models/<method>/s<seed>")
     ap.add_argument("--reports", default="reports/train")
     args = ap.parse_args(argv)
+    try:
+        lookup(args.method)
+    except UnknownMethodError as e:
+        fail(f"train@{args.method}-{args.seed}: {e}")
     params = stage_params(args.params)
     out = args.out or model_dir(args.method, args.seed)
     with prefect_api():

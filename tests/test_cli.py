@@ -25,8 +25,9 @@ from pipeline.facetrack import face_shard
 from pipeline.features import voice_shard
 from pipeline.jpeg import decode_jpeg
 from pipeline.media import read_audio, read_frames
-from pipeline.methods.cid import CID, CIDParams
+from pipeline.methods.cid import CID
 from pipeline.pairs import load_pairs
+from pipeline.params import CidSection
 from pipeline.schema import (
     FACE_FRAMES,
     FAILURES,
@@ -84,7 +85,7 @@ def setup(
     data = load_pairs(manifest, faces, voice, ("train",), s.face_size)
     torch.manual_seed(0)
     enc, _ = train(
-        data, CID(CIDParams(0.1)), CIDParams(0.1), CFG, tmp / "state", torch.device("cpu")
+        data, CID(CidSection(tau=0.1)), CidSection(tau=0.1), CFG, tmp / "state", torch.device("cpu")
     )
     save_model(tmp / "model.pt", CFG, "cid", enc)
     files = {r.clip_key: root / r.media_path for r in refs}
@@ -286,7 +287,12 @@ def test_a_model_file_carrying_code_is_refused_without_running_it(
     data = load_pairs(setup.manifest, setup.faces, setup.voice, ("train",), 64)
     with pytest.raises(ModelFileError, match="checkpoint.pt: refused"):
         train(
-            data, CID(CIDParams(0.1)), CIDParams(0.1), CFG, tmp_path / "state", torch.device("cpu")
+            data,
+            CID(CidSection(tau=0.1)),
+            CidSection(tau=0.1),
+            CFG,
+            tmp_path / "state",
+            torch.device("cpu"),
         )
     assert not marker.exists() and not (tmp_path / "e.parquet").exists()
     # The installed command's way: a fresh interpreter, exit status 2, one line, no traceback.

@@ -9,17 +9,18 @@ import pytest
 import torch
 
 from pipeline.encoders import SharedResidual
-from pipeline.methods.bipseudo import BiPseudo, BiPseudoParams
+from pipeline.methods.bipseudo import BiPseudo
+from pipeline.params import BipseudoSection
 from pipeline.train.loop import Encoders, TrainConfig
 
 
-def params(**kw: object) -> BiPseudoParams:
+def params(**kw: object) -> BipseudoSection:
     base: dict[str, object] = dict(
         tau=0.3, proto_tau=0.2, clusters=(2, 3), start_epoch=1, every_epochs=1,
         memory_momentum=0.5, kmeans_iters=10, weight_pseudo=1.0, weight_pull=0.5, weight_push=0.7,
     )  # fmt: skip
     base.update(kw)
-    return BiPseudoParams(**base)  # type: ignore[arg-type]
+    return BipseudoSection(**base)  # type: ignore[arg-type]
 
 
 def dot(a: list[float], b: list[float]) -> float:
@@ -154,5 +155,11 @@ def test_schedule_and_validation() -> None:
     assert int(model.refreshes) == 3  # epochs 2, 5, 8
     with pytest.raises(ValueError, match="cannot exceed"):
         BiPseudo(params(clusters=(11,)), num_clips=10, dim=4, seed=0)
-    with pytest.raises(ValueError, match=">= 0"):
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
         params(weight_pull=-1.0)
+    with pytest.raises(ValueError, match="greater than 0"):
+        params(proto_tau=0.0)
+    with pytest.raises(ValueError, match="greater than or equal to 2"):
+        params(clusters=(1,))
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        params(start_epoch=0)

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from pipeline.methods.cid import CID, CIDParams
+from pipeline.methods.cid import CID
 from pipeline.methods.common import cross_modal_info_nce, symmetric_info_nce
+from pipeline.params import CidSection
 
 
 def plain_loop_cid(face: list[list[float]], voice: list[list[float]], tau: float) -> float:
@@ -37,7 +38,7 @@ def test_cid_matches_the_plain_loop() -> None:
     face = torch.randn(6, 5, generator=g, dtype=torch.float64)
     voice = torch.randn(6, 5, generator=g, dtype=torch.float64)
     for tau in (0.03, 0.5, 2.0):
-        got = CID(CIDParams(tau))(face, voice)["loss"].item()
+        got = CID(CidSection(tau=tau))(face, voice)["loss"].item()
         assert got == pytest.approx(plain_loop_cid(face.tolist(), voice.tolist(), tau), rel=1e-9)
 
 
@@ -46,7 +47,8 @@ def test_closed_form_cases() -> None:
     b, tau = 4, 0.5
     eye = torch.eye(b, dtype=torch.float64)
     expected = -math.log(math.exp(1 / tau) / (math.exp(1 / tau) + b - 1))
-    assert symmetric_info_nce(eye, eye, tau).tolist() == pytest.approx([expected] * b)
+    for direction in symmetric_info_nce(eye, eye, tau):
+        assert direction.tolist() == pytest.approx([expected] * b)
     # Identical embeddings everywhere: every candidate equally likely, l = log B.
     same = torch.ones(b, 3, dtype=torch.float64)
     assert cross_modal_info_nce(same, same, tau).tolist() == pytest.approx([math.log(b)] * b)
@@ -56,11 +58,13 @@ def test_gradient_check() -> None:
     g = torch.Generator().manual_seed(1)
     face = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
     voice = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda f, v: CID(CIDParams(0.3))(f, v)["loss"], (face, voice))
+    assert torch.autograd.gradcheck(
+        lambda f, v: CID(CidSection(tau=0.3))(f, v)["loss"], (face, voice)
+    )
 
 
 def test_validation() -> None:
-    with pytest.raises(ValueError, match="positive"):
-        CIDParams(0.0)
+    with pytest.raises(ValueError, match="greater than 0"):
+        CidSection(tau=0.0)
     with pytest.raises(ValueError, match="one shape"):
         cross_modal_info_nce(torch.zeros(3, 4), torch.zeros(2, 4), 0.1)

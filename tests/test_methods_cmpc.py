@@ -9,19 +9,20 @@ import math
 import pytest
 import torch
 
-from pipeline.methods.cid import CID, CIDParams
+from pipeline.methods.cid import CID
 from pipeline.methods.clusters import Clustering, MemoryBank, concentration, kmeans
-from pipeline.methods.cmpc import CMPC, CMPCParams, recalibration_weights
+from pipeline.methods.cmpc import CMPC, recalibration_weights
+from pipeline.params import CidSection, CmpcSection
 
 
-def params(**kw: object) -> CMPCParams:
+def params(**kw: object) -> CmpcSection:
     base: dict[str, object] = dict(
         tau=0.3, clusters=(2, 3), start_epoch=1, every_epochs=1, memory_momentum=0.5,
         delta=-1.0, kappa=0.1, phi_mean=0.2, kmeans_iters=10, prototypes=True,
         recalibration=True, published_code=False,
     )  # fmt: skip
     base.update(kw)
-    return CMPCParams(**base)  # type: ignore[arg-type]
+    return CmpcSection(**base)  # type: ignore[arg-type]
 
 
 def dot(a: list[float], b: list[float]) -> float:
@@ -181,7 +182,7 @@ def test_loss_matches_the_plain_loop() -> None:
 
 def test_parts_switched_off_is_cid() -> None:
     face, voice, video = batch()
-    cid = CID(CIDParams(0.3))(face, voice)["loss"]
+    cid = CID(CidSection(tau=0.3))(face, voice)["loss"]
     off = clustered_model(prototypes=False, recalibration=False)
     assert off.loss_terms(face, voice, video)["loss"].item() == cid.item()  # one code path
     # Before the first clustering too, with every part on.
@@ -281,8 +282,10 @@ def test_refresh_schedule_and_validation() -> None:
     assert int(model.refreshes) == 3  # epochs 3, 5, 7
     with pytest.raises(ValueError, match="cannot exceed"):
         CMPC(params(clusters=(2, 9)), num_videos=8, dim=4, seed=0)
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="greater than 0"):
         params(tau=0.0)
+    with pytest.raises(ValueError, match="greater than or equal to 2"):
+        params(clusters=(1, 3))
 
 
 def test_refresh_clusters_each_memory_by_the_formulas() -> None:
@@ -373,5 +376,5 @@ def test_published_code_flag_changes_the_loss() -> None:
         assert b != pytest.approx(2 * a, rel=1e-4)
     # Before the first clustering the released loss is the sum of both directions: 2 × cid.
     fresh = CMPC(params(published_code=True), num_videos=8, dim=4, seed=0).double()
-    cid = CID(CIDParams(0.3))(face, voice)["loss"]
+    cid = CID(CidSection(tau=0.3))(face, voice)["loss"]
     torch.testing.assert_close(fresh.loss_terms(face, voice, video)["loss"], 2 * cid)

@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from pipeline.methods.wen2021 import IdentityReweighting, Wen2021, Wen2021Params, local_alignment
+from pipeline.methods.wen2021 import IdentityReweighting, Wen2021, local_alignment
+from pipeline.params import Wen2021Section
 
 
 def _dot(a: list[float], b: list[float]) -> float:
@@ -77,8 +78,12 @@ def plain_loop_wen_released(
     return loss
 
 
-PARAMS = Wen2021Params(
-    published_code=False, reweight_epochs=1, warmup=500, every=100, initial_hardness=100.0
+PARAMS = Wen2021Section(
+    published_code=False,
+    reweight_epochs=1,
+    warmup_steps=500,
+    every_steps=100,
+    initial_hardness=100.0,
 )
 
 
@@ -105,8 +110,12 @@ def test_loss_matches_the_plain_loop() -> None:
     assert got == pytest.approx(want, rel=1e-10)
 
 
-PUBLISHED = Wen2021Params(
-    published_code=True, reweight_epochs=1, warmup=500, every=100, initial_hardness=100.0
+PUBLISHED = Wen2021Section(
+    published_code=True,
+    reweight_epochs=1,
+    warmup_steps=500,
+    every_steps=100,
+    initial_hardness=100.0,
 )
 
 
@@ -217,7 +226,17 @@ def test_hardness_is_an_ema_of_the_summed_ce() -> None:
 
 
 def test_training_mode_runs_the_schedule_and_main_phase_freezes_it() -> None:
-    model = Wen2021(Wen2021Params(False, 1, warmup=2, every=1, initial_hardness=100.0), 4, 3)
+    model = Wen2021(
+        Wen2021Section(
+            published_code=False,
+            reweight_epochs=1,
+            warmup_steps=2,
+            every_steps=1,
+            initial_hardness=100.0,
+        ),
+        4,
+        3,
+    )
     g = torch.Generator().manual_seed(0)
     y = torch.tensor([0, 1, 2, 3])
     model.train()

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from pipeline.evaluate import Embeddings, quick_match
-from pipeline.methods.bipseudo import BiPseudo, BiPseudoParams
-from pipeline.methods.cid import CID, CIDParams
-from pipeline.methods.cmpc import CMPC, CMPCParams
-from pipeline.methods.wen2021 import Wen2021, Wen2021Params
+from pipeline.methods.bipseudo import BiPseudo
+from pipeline.methods.cid import CID
+from pipeline.methods.cmpc import CMPC
+from pipeline.methods.wen2021 import Wen2021
 from pipeline.pairs import PairData, sample_batch
+from pipeline.params import BipseudoSection, CidSection, CmpcSection, Wen2021Section
 from pipeline.train.loop import TrainConfig, embed_clips, train
 
 
@@ -83,7 +84,12 @@ def test_cid_learns_the_toy_association_and_is_deterministic(tmp_path: Path) -> 
     torch.set_num_threads(1)
     data = toy_pairs()
     enc, hist = train(
-        data, CID(CIDParams(0.2)), CIDParams(0.2), CFG, tmp_path / "a", torch.device("cpu")
+        data,
+        CID(CidSection(tau=0.2)),
+        CidSection(tau=0.2),
+        CFG,
+        tmp_path / "a",
+        torch.device("cpu"),
     )
     assert hist[-1]["loss"] < hist[0]["loss"] * 0.8
     f, v = embed_clips(enc, data, torch.device("cpu"))
@@ -95,7 +101,12 @@ def test_cid_learns_the_toy_association_and_is_deterministic(tmp_path: Path) -> 
     acc = quick_match(emb, clips, "val", 2000, 0)["U"]
     assert acc is not None and acc > 0.8
     _, again = train(
-        data, CID(CIDParams(0.2)), CIDParams(0.2), CFG, tmp_path / "b", torch.device("cpu")
+        data,
+        CID(CidSection(tau=0.2)),
+        CidSection(tau=0.2),
+        CFG,
+        tmp_path / "b",
+        torch.device("cpu"),
     )
     assert [h["loss"] for h in again] == [h["loss"] for h in hist]
 
@@ -104,7 +115,12 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     data = toy_pairs()
     full, _ = train(
-        data, CID(CIDParams(0.2)), CIDParams(0.2), CFG, tmp_path / "full", torch.device("cpu")
+        data,
+        CID(CidSection(tau=0.2)),
+        CidSection(tau=0.2),
+        CFG,
+        tmp_path / "full",
+        torch.device("cpu"),
     )
     part = tmp_path / "part"
     calls = {"n": 0}
@@ -117,14 +133,16 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     with contextlib.suppress(KeyboardInterrupt):
         train(
             data,
-            CID(CIDParams(0.2)),
-            CIDParams(0.2),
+            CID(CidSection(tau=0.2)),
+            CidSection(tau=0.2),
             CFG,
             part,
             torch.device("cpu"),
             stop_after_three,
         )
-    resumed, hist = train(data, CID(CIDParams(0.2)), CIDParams(0.2), CFG, part, torch.device("cpu"))
+    resumed, hist = train(
+        data, CID(CidSection(tau=0.2)), CidSection(tau=0.2), CFG, part, torch.device("cpu")
+    )
     assert len(hist) == 6
     for k, val in full.state_dict().items():
         assert torch.equal(val, resumed.state_dict()[k]), k
@@ -135,36 +153,46 @@ def test_a_finished_run_is_reused_and_a_foreign_checkpoint_ignored(tmp_path: Pat
     data = toy_pairs()
     short = TrainConfig(**{**CFG.__dict__, "epochs": 2})
     _, first = train(
-        data, CID(CIDParams(0.2)), CIDParams(0.2), short, tmp_path, torch.device("cpu")
+        data, CID(CidSection(tau=0.2)), CidSection(tau=0.2), short, tmp_path, torch.device("cpu")
     )
     seen: list[dict[str, float]] = []
     _, again = train(
-        data, CID(CIDParams(0.2)), CIDParams(0.2), short, tmp_path, torch.device("cpu"), seen.append
+        data,
+        CID(CidSection(tau=0.2)),
+        CidSection(tau=0.2),
+        short,
+        tmp_path,
+        torch.device("cpu"),
+        seen.append,
     )
     assert again == first and seen == []  # nothing trained: the finished run is reused
     other = toy_pairs(seed=1)  # other data, same config: a fresh run, not a resume
     _, fresh = train(
-        other, CID(CIDParams(0.2)), CIDParams(0.2), short, tmp_path, torch.device("cpu")
+        other, CID(CidSection(tau=0.2)), CidSection(tau=0.2), short, tmp_path, torch.device("cpu")
     )
     assert len(fresh) == 2 and fresh[0]["loss"] != first[0]["loss"]
 
 
 def _method(name: str, data: PairData) -> tuple[torch.nn.Module, object]:
-    torch.manual_seed(3)  # the classifier's init, as stages.train.build_method does
+    torch.manual_seed(3)  # the classifier's init, as pipeline.methods.registry.build_method does
     if name == "cmpc":
-        cp = CMPCParams(
-            tau=0.2, clusters=(4, 8), start_epoch=1, every_epochs=2, memory_momentum=0.5,
+        cp = CmpcSection(
+            tau=0.2, clusters=[4, 8], start_epoch=1, every_epochs=2, memory_momentum=0.5,
             delta=-1.0, kappa=0.1, phi_mean=0.2, kmeans_iters=10, prototypes=True,
             recalibration=True, published_code=False,
         )  # fmt: skip
         return CMPC(cp, len(data.videos), CFG.embed_dim, seed=3), cp
     if name == "wen2021":
-        wp = Wen2021Params(
-            published_code=False, reweight_epochs=6, warmup=4, every=2, initial_hardness=100.0
+        wp = Wen2021Section(
+            published_code=False,
+            reweight_epochs=6,
+            warmup_steps=4,
+            every_steps=2,
+            initial_hardness=100.0,
         )
         return Wen2021(wp, len(data.identities), CFG.embed_dim), wp
-    bp = BiPseudoParams(
-        tau=0.2, proto_tau=0.2, clusters=(4, 8), start_epoch=1, every_epochs=2,
+    bp = BipseudoSection(
+        tau=0.2, proto_tau=0.2, clusters=[4, 8], start_epoch=1, every_epochs=2,
         memory_momentum=0.5, kmeans_iters=10, weight_pseudo=1.0, weight_pull=0.5, weight_push=1.0,
     )  # fmt: skip
     return BiPseudo(bp, len(data), CFG.embed_dim, seed=3), bp

@@ -25,91 +25,45 @@ here is stated.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from pipeline.methods.clusters import MemoryBank, cluster_memories
+from pipeline.methods.clusters import ClusteredMemories, Clustering
 from pipeline.methods.common import symmetric_info_nce
+from pipeline.params import BipseudoSection
+
+if TYPE_CHECKING:
+    from pipeline.pairs import PairData
+    from pipeline.params import TrainParams
 
 
-@dataclass(frozen=True)
-class BiPseudoParams:
-    tau: float
-    proto_tau: float
-    clusters: tuple[int, ...]
-    start_epoch: int
-    every_epochs: int
-    memory_momentum: float
-    kmeans_iters: int
-    weight_pseudo: float
-    weight_pull: float
-    weight_push: float
-
-    def __post_init__(self) -> None:
-        if self.tau <= 0 or self.proto_tau <= 0:
-            raise ValueError("bipseudo: tau and proto_tau must be positive")
-        if not self.clusters or min(self.clusters) < 2:
-            raise ValueError(f"bipseudo.clusters must be K >= 2 each, got {self.clusters}")
-        if self.start_epoch < 1 or self.every_epochs < 1 or self.kmeans_iters < 1:
-            raise ValueError(
-                "bipseudo: start_epoch >= 1 (epoch 0 would cluster the random initial memory), "
-                "every_epochs >= 1, kmeans_iters >= 1"
-            )
-        if min(self.weight_pseudo, self.weight_pull, self.weight_push) < 0:
-            raise ValueError("bipseudo: loss weights must be >= 0")
-
-
-class BiPseudo(nn.Module):
+class BiPseudo(ClusteredMemories):
     """The loss with its per-clip memory banks and pseudo-labels (buffers, checkpointed)."""
 
     head = "shared_residual"  # the encoders end in the shared weighted residual block
 
-    def __init__(self, params: BiPseudoParams, num_clips: int, dim: int, seed: int) -> None:
-        super().__init__()
-        if max(params.clusters) > num_clips:
-            raise ValueError(
-                f"bipseudo.clusters {list(params.clusters)}: K cannot exceed the "
-                f"{num_clips} training clips"
-            )
-        self.params, self.seed = params, seed
-        self.memory_face = MemoryBank(num_clips, dim, params.memory_momentum, seed)
-        self.memory_voice = MemoryBank(num_clips, dim, params.memory_momentum, seed + 1)
+    def __init__(self, params: BipseudoSection, num_clips: int, dim: int, seed: int) -> None:
+        super().__init__("bipseudo", params, num_clips, "clips", dim, seed)
+        self.params = params
         for m in ("face", "voice"):
             for r, k in enumerate(params.clusters):
                 self.register_buffer(f"{m}_centroids_{r}", torch.zeros(k, dim))
                 self.register_buffer(f"{m}_labels_{r}", torch.zeros(num_clips, dtype=torch.long))
-        self.refreshes: torch.Tensor
-        self.register_buffer("refreshes", torch.zeros((), dtype=torch.long))
 
     def pseudo(self, modality: str, r: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(normalised centroids (K, d), pseudo-label per clip (N,)) of ``modality`` at ``r``."""
         return getattr(self, f"{modality}_centroids_{r}"), getattr(self, f"{modality}_labels_{r}")
 
-    @torch.no_grad()
-    def refresh(self) -> None:
-        p = self.params
-        seed = self.seed + 1000 * int(self.refreshes)
-        banks = (self.memory_face, self.memory_voice)
-        for m, per_k in zip(
-            ("face", "voice"),
-            cluster_memories(banks, p.clusters, seed, p.kmeans_iters),
-            strict=True,
-        ):
-            for r, c in enumerate(per_k):
-                cent, labels = self.pseudo(m, r)
-                cent.copy_(c.centroids)
-                labels.copy_(c.assign)
-        self.refreshes += 1
+    def uses_clusters(self) -> bool:
+        return self.params.weight_pseudo > 0
 
-    def on_epoch_start(self, *, epoch: int, **_: Any) -> None:
-        p = self.params
-        due = epoch >= p.start_epoch and (epoch - p.start_epoch) % p.every_epochs == 0
-        if p.weight_pseudo > 0 and due:
-            self.refresh()
+    def keep(self, modality: str, clusterings: list[Clustering]) -> None:
+        for r, c in enumerate(clusterings):
+            cent, labels = self.pseudo(modality, r)
+            cent.copy_(c.centroids)
+            labels.copy_(c.assign)
 
     def pseudo_label_loss(
         self, face: torch.Tensor, voice: torch.Tensor, clips: torch.Tensor
@@ -131,15 +85,14 @@ class BiPseudo(nn.Module):
         """face, voice: (B, d) common embeddings; clips: (B,) memory rows -> terms (scalars)."""
         p = self.params
         pull = (1 - (F.normalize(face, dim=1) * F.normalize(voice, dim=1)).sum(1)).mean()
-        push = symmetric_info_nce(face, voice, p.tau).mean()
+        push_vf, push_fv = symmetric_info_nce(face, voice, p.tau)
+        push = (0.5 * (push_vf + push_fv)).mean()
         pseudo = (
             self.pseudo_label_loss(face, voice, clips).mean()
             if int(self.refreshes) > 0 and p.weight_pseudo > 0
             else torch.zeros((), device=face.device)
         )
-        if self.training:
-            self.memory_face.update(clips, face)
-            self.memory_voice.update(clips, voice)
+        self.remember(clips, face, voice)
         return {
             "loss": p.weight_pseudo * pseudo + p.weight_pull * pull + p.weight_push * push,
             "pseudo": pseudo.detach(),
@@ -152,3 +105,8 @@ class BiPseudo(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Training-loop entry: ``batch.clips`` (B,) are the memory rows."""
         return self.loss_terms(face, voice, batch.clips)
+
+
+def build(params: BipseudoSection, train: TrainParams, data: PairData, seed: int) -> BiPseudo:
+    """The registry's builder: one memory row per training clip."""
+    return BiPseudo(params, len(data), train.embed_dim, seed)

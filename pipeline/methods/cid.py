@@ -5,32 +5,27 @@ Symmetric InfoNCE between the modalities with in-batch negatives
 ``l_i(v→f) = −log softmax_j(⟨v̂_i, f̂_j⟩/τ)[i]``, likewise ``f→v``; the loss is the mean of both
 directions over the batch. No labels are used. τ = 0.03 in CMPC's setting. CMPC with its
 prototype and recalibration parts switched off reduces to this same code path
-(:func:`pipeline.methods.common.cross_modal_info_nce` and
-:func:`~pipeline.methods.common.two_way_loss`).
+(:func:`pipeline.methods.common.info_nce_loss`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from pipeline.methods.common import cross_modal_info_nce, two_way_loss
+from pipeline.methods.common import info_nce_loss
+from pipeline.params import CidSection
 
-
-@dataclass(frozen=True)
-class CIDParams:
-    tau: float
-
-    def __post_init__(self) -> None:
-        if self.tau <= 0:
-            raise ValueError(f"cid.tau must be positive, got {self.tau}")
+if TYPE_CHECKING:
+    from pipeline.pairs import PairData
+    from pipeline.params import TrainParams
 
 
 class CID(torch.nn.Module):
     """The loss; no parameters of its own and no per-epoch hook."""
 
-    def __init__(self, params: CIDParams) -> None:
+    def __init__(self, params: CidSection) -> None:
         super().__init__()
         self.params = params
 
@@ -39,8 +34,10 @@ class CID(torch.nn.Module):
     ) -> dict[str, torch.Tensor]:
         """face, voice: (B, D) embeddings of B pairs -> {"loss", "instance"} scalars. ``batch``
         (identities, videos) is not used: cid needs no labels."""
-        tau = self.params.tau
-        loss = two_way_loss(
-            cross_modal_info_nce(voice, face, tau), cross_modal_info_nce(face, voice, tau)
-        )
+        loss = info_nce_loss(face, voice, self.params.tau)
         return {"loss": loss, "instance": loss.detach()}
+
+
+def build(params: CidSection, train: TrainParams, data: PairData, seed: int) -> CID:
+    """The registry's builder (:mod:`pipeline.methods.registry`)."""
+    return CID(params)

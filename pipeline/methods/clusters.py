@@ -1,12 +1,15 @@
 """Pieces shared by the clustering methods (``cmpc``, ``bipseudo``): a memory bank of embeddings,
-faiss k-means on it, and CMPC/PCL's per-cluster concentration.
+faiss k-means on it, the memory-and-clustering machinery both methods build on
+(:class:`ClusteredMemories`), and CMPC/PCL's per-cluster concentration.
 
 Methods never import each other; both import these.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import faiss
 import numpy as np
@@ -108,3 +111,85 @@ def concentration(c: Clustering, k: int, mean: float) -> torch.Tensor:
     if float(phi.mean()) <= 0.0:  # every member on its centroid: no spread to compare
         return torch.full((k,), mean, dtype=torch.float32, device=c.centroids.device)
     return (mean * phi / phi.mean()).float().to(c.centroids.device)
+
+
+class MemorySchedule(Protocol):
+    """The section fields of a clustering method that :class:`ClusteredMemories` reads."""
+
+    @property
+    def clusters(self) -> Sequence[int]: ...
+    @property
+    def start_epoch(self) -> int: ...
+    @property
+    def every_epochs(self) -> int: ...
+    @property
+    def memory_momentum(self) -> float: ...
+    @property
+    def kmeans_iters(self) -> int: ...
+
+
+class ClusteredMemories(nn.Module):
+    """What ``cmpc`` and ``bipseudo`` share: a :class:`MemoryBank` per modality (``memory_face``
+    seeded ``seed``, ``memory_voice`` ``seed + 1``; one row per video or clip), updated after every
+    training batch (:meth:`remember`); from epoch ``start_epoch`` and every ``every_epochs`` (the
+    per-epoch hook), k-means of both memories at each K of ``clusters``, seeded ``seed + 1000 ·
+    refreshes`` (:meth:`refresh`; ``refreshes`` is a buffer, so checkpoints carry it).
+
+    A subclass says whether it uses clusters at all (:meth:`uses_clusters`) and keeps each
+    refresh's result in its own buffers (:meth:`keep`).
+    """
+
+    def __init__(
+        self, name: str, params: MemorySchedule, rows: int, what: str, dim: int, seed: int
+    ) -> None:
+        super().__init__()
+        if max(params.clusters) > rows:
+            raise ValueError(
+                f"{name}.clusters {list(params.clusters)}: K cannot exceed the {rows} "
+                f"training {what}; scale K with the data"
+            )
+        self.seed = seed
+        self.ks = tuple(params.clusters)
+        self.start_epoch, self.every_epochs = params.start_epoch, params.every_epochs
+        self.kmeans_iters = params.kmeans_iters
+        self.memory_face = MemoryBank(rows, dim, params.memory_momentum, seed)
+        self.memory_voice = MemoryBank(rows, dim, params.memory_momentum, seed + 1)
+        self.refreshes: torch.Tensor
+        self.register_buffer("refreshes", torch.zeros((), dtype=torch.long))
+
+    def bank(self, modality: str) -> MemoryBank:
+        """``"face"`` or ``"voice"``'s memory."""
+        return self.memory_face if modality == "face" else self.memory_voice
+
+    def uses_clusters(self) -> bool:
+        """False when the method's clustered parts are switched off (no k-means is run)."""
+        return True
+
+    def keep(self, modality: str, clusterings: list[Clustering]) -> None:
+        """Store one refresh's clusterings of ``modality``'s memory (one per K)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """k-means on each modality's memory at every K; :meth:`keep` stores each result."""
+        seed = self.seed + 1000 * int(self.refreshes)
+        banks = (self.memory_face, self.memory_voice)
+        for m, per_k in zip(
+            ("face", "voice"),
+            cluster_memories(banks, self.ks, seed, self.kmeans_iters),
+            strict=True,
+        ):
+            self.keep(m, per_k)
+        self.refreshes += 1
+
+    def on_epoch_start(self, *, epoch: int, **_: Any) -> None:
+        """Cluster at ``start_epoch`` and every ``every_epochs`` after it."""
+        due = epoch >= self.start_epoch and (epoch - self.start_epoch) % self.every_epochs == 0
+        if self.uses_clusters() and due:
+            self.refresh()
+
+    def remember(self, rows: torch.Tensor, face: torch.Tensor, voice: torch.Tensor) -> None:
+        """In training mode, update both memories with the batch's embeddings at ``rows`` (B,)."""
+        if self.training:
+            self.memory_face.update(rows, face)
+            self.memory_voice.update(rows, voice)

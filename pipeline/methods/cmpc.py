@@ -49,52 +49,20 @@ equal (ours: 1); its argsort of ρ is not stable under ties.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from pipeline.methods.clusters import MemoryBank, cluster_memories, concentration
-from pipeline.methods.common import cross_modal_info_nce, two_way_loss
+from pipeline.methods.clusters import ClusteredMemories, Clustering, concentration
+from pipeline.methods.common import symmetric_info_nce, two_way_loss
+from pipeline.params import CmpcSection
+
+if TYPE_CHECKING:
+    from pipeline.pairs import PairData
+    from pipeline.params import TrainParams
 
 PUBLISHED_PROTO_DIVISOR = 4  # entries of the released code's clustering-result dict
-
-
-@dataclass(frozen=True)
-class CMPCParams:
-    """``clusters``: K per granularity; ``start_epoch`` (0-based) / ``every_epochs``: when the
-    memory is clustered; ``delta`` / ``kappa``: the recalibration Gaussian; ``phi_mean``: the
-    concentrations' mean; ``prototypes`` / ``recalibration``: switch the parts off (both off =
-    ``cid``; with ``published_code``, 2 × ``cid``); ``published_code``: the released code's loss
-    and loop (module docstring)."""
-
-    tau: float
-    clusters: tuple[int, ...]
-    start_epoch: int
-    every_epochs: int
-    memory_momentum: float
-    delta: float
-    kappa: float
-    phi_mean: float
-    kmeans_iters: int
-    prototypes: bool
-    recalibration: bool
-    published_code: bool
-
-    def __post_init__(self) -> None:
-        if self.tau <= 0 or self.phi_mean <= 0 or self.kappa <= 0:
-            raise ValueError("cmpc: tau, phi_mean and kappa must be positive")
-        if not self.clusters or min(self.clusters) < 2:
-            raise ValueError(
-                f"cmpc.clusters must be a non-empty list of K >= 2, got {self.clusters}"
-            )
-        if self.start_epoch < 1 or self.every_epochs < 1 or self.kmeans_iters < 1:
-            raise ValueError(
-                "cmpc: start_epoch >= 1 (epoch 0 would cluster the random initial memory), "
-                "every_epochs >= 1, kmeans_iters >= 1"
-            )
 
 
 def recalibration_weights(rho: torch.Tensor, delta: float, kappa: float) -> torch.Tensor:
@@ -118,19 +86,12 @@ def recalibration_weights(rho: torch.Tensor, delta: float, kappa: float) -> torc
     return w
 
 
-class CMPC(nn.Module):
+class CMPC(ClusteredMemories):
     """The loss with its memory banks and clusters (all buffers, so checkpoints carry them)."""
 
-    def __init__(self, params: CMPCParams, num_videos: int, dim: int, seed: int) -> None:
-        super().__init__()
-        if max(params.clusters) > num_videos:
-            raise ValueError(
-                f"cmpc.clusters {list(params.clusters)}: K cannot exceed the {num_videos} "
-                "training videos; scale K with the data"
-            )
-        self.params, self.seed = params, seed
-        self.memory_face = MemoryBank(num_videos, dim, params.memory_momentum, seed)
-        self.memory_voice = MemoryBank(num_videos, dim, params.memory_momentum, seed + 1)
+    def __init__(self, params: CmpcSection, num_videos: int, dim: int, seed: int) -> None:
+        super().__init__("cmpc", params, num_videos, "videos", dim, seed)
+        self.params = params
         for m in ("face", "voice"):
             for r, k in enumerate(params.clusters):
                 self.register_buffer(f"{m}_centroids_{r}", torch.zeros(k, dim))
@@ -140,8 +101,6 @@ class CMPC(nn.Module):
                     self.register_buffer(f"{m}_means_{r}", torch.zeros(k, dim))
         self.live: torch.Tensor  # 1 while the clusters act on batches
         self.register_buffer("live", torch.zeros((), dtype=torch.long))
-        self.refreshes: torch.Tensor
-        self.register_buffer("refreshes", torch.zeros((), dtype=torch.long))
 
     def clusters(self, modality: str, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(centroids (K, d), φ (K,), assignment per video (V,)) of granularity ``r``."""
@@ -156,40 +115,30 @@ class CMPC(nn.Module):
         means: torch.Tensor = getattr(self, f"{modality}_means_{r}")
         return means
 
+    def uses_clusters(self) -> bool:
+        return self.params.prototypes or self.params.recalibration
+
+    def keep(self, modality: str, clusterings: list[Clustering]) -> None:
+        """Centroids, assignments and φ per granularity (and, with ``published_code``, the
+        un-normalised member means)."""
+        p = self.params
+        for r, (k, c) in enumerate(zip(p.clusters, clusterings, strict=True)):
+            cent, phi, assign = self.clusters(modality, r)
+            cent.copy_(c.centroids)
+            phi.copy_(concentration(c, k, p.phi_mean))
+            assign.copy_(c.assign)
+            if p.published_code:
+                memory = self.bank(modality).memory
+                total = torch.zeros(k, memory.shape[1], dtype=memory.dtype, device=memory.device)
+                total.index_add_(0, c.assign, memory)
+                count = torch.bincount(c.assign, minlength=k).clamp(min=1)
+                self.member_means(modality, r).copy_(total / count[:, None].to(memory.dtype))
+
     @torch.no_grad()
     def refresh(self) -> None:
-        """k-means on each modality's memory at every granularity; φ per cluster."""
-        p = self.params
-        seed = self.seed + 1000 * int(self.refreshes)
-        banks = (self.memory_face, self.memory_voice)
-        bank_of = {"face": self.memory_face, "voice": self.memory_voice}
-        for m, per_k in zip(
-            ("face", "voice"),
-            cluster_memories(banks, p.clusters, seed, p.kmeans_iters),
-            strict=True,
-        ):
-            for r, (k, c) in enumerate(zip(p.clusters, per_k, strict=True)):
-                cent, phi, assign = self.clusters(m, r)
-                cent.copy_(c.centroids)
-                phi.copy_(concentration(c, k, p.phi_mean))
-                assign.copy_(c.assign)
-                if p.published_code:
-                    memory = bank_of[m].memory
-                    total = torch.zeros(
-                        k, memory.shape[1], dtype=memory.dtype, device=memory.device
-                    )
-                    total.index_add_(0, c.assign, memory)
-                    count = torch.bincount(c.assign, minlength=k).clamp(min=1)
-                    self.member_means(m, r).copy_(total / count[:, None].to(memory.dtype))
-        self.refreshes += 1
+        """k-means on each modality's memory at every granularity; the clusters act from now."""
+        super().refresh()
         self.live.fill_(1)
-
-    def on_epoch_start(self, *, epoch: int, **_: Any) -> None:
-        """Cluster at ``start_epoch`` and every ``every_epochs`` after it."""
-        p = self.params
-        due = epoch >= p.start_epoch and (epoch - p.start_epoch) % p.every_epochs == 0
-        if (p.prototypes or p.recalibration) and due:
-            self.refresh()
 
     def prototype_contrast(
         self, anchor: torch.Tensor, other: str, video: torch.Tensor
@@ -248,8 +197,7 @@ class CMPC(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """face, voice: (B, d); video: (B,) memory rows -> loss terms (scalars)."""
         p = self.params
-        inst_vf = cross_modal_info_nce(voice, face, p.tau)  # (B,)
-        inst_fv = cross_modal_info_nce(face, voice, p.tau)  # (B,)
+        inst_vf, inst_fv = symmetric_info_nce(face, voice, p.tau)  # (B,), (B,)
         zero = torch.zeros_like(inst_vf)
         use = bool(self.live)
         proto_vf = self.prototype_contrast(voice, "face", video) if use and p.prototypes else zero
@@ -260,11 +208,9 @@ class CMPC(nn.Module):
         loss = two_way_loss(inst_vf + proto_vf, inst_fv + proto_fv, w)
         if p.published_code:
             loss = 2.0 * loss  # the sum of both directions (2 × their mean, exactly)
-        if self.training:
-            self.memory_face.update(video, face)
-            self.memory_voice.update(video, voice)
-            if p.published_code:
-                self.live.fill_(0)
+        self.remember(video, face, voice)
+        if self.training and p.published_code:
+            self.live.fill_(0)
         return {
             "loss": loss,
             "instance": 0.5 * (inst_vf + inst_fv).mean().detach(),
@@ -277,3 +223,8 @@ class CMPC(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Training-loop entry: ``batch.video`` (B,) are the memory rows."""
         return self.loss_terms(face, voice, batch.video)
+
+
+def build(params: CmpcSection, train: TrainParams, data: PairData, seed: int) -> CMPC:
+    """The registry's builder: one memory row per training video."""
+    return CMPC(params, len(data.videos), train.embed_dim, seed)

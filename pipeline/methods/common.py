@@ -26,9 +26,23 @@ def cross_modal_info_nce(anchor: torch.Tensor, other: torch.Tensor, tau: float) 
     return F.cross_entropy(logits, target, reduction="none")  # (B,)
 
 
-def symmetric_info_nce(face: torch.Tensor, voice: torch.Tensor, tau: float) -> torch.Tensor:
-    """Per-pair mean of both directions: ½ (l_i(v→f) + l_i(f→v)). (B, D), (B, D) -> (B,)."""
-    return 0.5 * (cross_modal_info_nce(voice, face, tau) + cross_modal_info_nce(face, voice, tau))
+def symmetric_info_nce(
+    face: torch.Tensor, voice: torch.Tensor, tau: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The symmetric cross-modal InfoNCE every method uses (the one place it is written): both
+    directions' per-anchor terms ``(l_i(v→f), l_i(f→v))``, each (B,), from (B, D), (B, D).
+
+    Methods reduce them their own way: :func:`info_nce_loss` (``cid``, the low-shot loss) and CMPC
+    average each direction over the batch (:func:`two_way_loss`), bipseudo averages the per-pair
+    mean ``½ (l_i(v→f) + l_i(f→v))``; equal in exact arithmetic, not in the last float bit.
+    """
+    return cross_modal_info_nce(voice, face, tau), cross_modal_info_nce(face, voice, tau)
+
+
+def info_nce_loss(face: torch.Tensor, voice: torch.Tensor, tau: float) -> torch.Tensor:
+    """``cid``'s loss: the mean of both directions' batch means of :func:`symmetric_info_nce`.
+    (B, D), (B, D) -> scalar."""
+    return two_way_loss(*symmetric_info_nce(face, voice, tau))
 
 
 def two_way_loss(

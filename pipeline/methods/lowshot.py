@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.methods.common import cross_modal_info_nce, two_way_loss
+from pipeline.methods.common import info_nce_loss
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,5 @@ class LowShot(nn.Module):
         ce = 0.5 * (
             F.cross_entropy(self.classifier(face), y) + F.cross_entropy(self.classifier(voice), y)
         )
-        tau = self.params.tau
-        inst = two_way_loss(
-            cross_modal_info_nce(voice, face, tau), cross_modal_info_nce(face, voice, tau)
-        )
+        inst = info_nce_loss(face, voice, self.params.tau)
         return {"loss": ce + inst, "identity_ce": ce.detach(), "instance": inst.detach()}

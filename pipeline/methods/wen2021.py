@@ -17,33 +17,32 @@ its local term keeps the per-sample weight, and a batch whose weights sum to les
 identity in it switched off) gets ``w_i + 1`` instead:
 ``L = mean_i(w_i) · [mean_i CE_f,i + mean_i CE_v,i] + mean_i w_i · ½ (l_i(v→f) + l_i(f→v))``.
 The flag does not change the re-weighting schedule (:class:`IdentityReweighting`).
+
+Training has two phases (:func:`phases`, the paper's two runs in one stage): the re-weighting run
+(``reweight_epochs``, in ``state/reweight``), then the main run (``train.epochs``, in
+``state/main``) of fresh encoders and classifier with the first run's final identity weights
+frozen.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.params import Wen2021Section
+from pipeline.train.loop import PhaseResult, Run
+
+if TYPE_CHECKING:
+    from pipeline.pairs import PairData
+    from pipeline.params import TrainParams
+
 LOCAL_MARGIN = 3.4  # the published code's constant inside the log
 PUBLISHED_EMPTY_BATCH = 1e-3  # the released code: batch weights summing below this get + 1
-
-
-@dataclass(frozen=True)
-class Wen2021Params:
-    """``published_code``: the released code's loss weighting (module docstring). ``warmup`` /
-    ``every``:
-    the re-weighting schedule in training steps (paper: 500 / 100 of a 2,400-step run)."""
-
-    published_code: bool
-    reweight_epochs: int
-    warmup: int
-    every: int
-    initial_hardness: float
 
 
 def local_alignment(anchor: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -83,12 +82,12 @@ class Wen2021(nn.Module):
     weights are frozen at the first phase's final values (:meth:`freeze`).
     """
 
-    def __init__(self, params: Wen2021Params, num_identities: int, dim: int) -> None:
+    def __init__(self, params: Wen2021Section, num_identities: int, dim: int) -> None:
         super().__init__()
         self.params = params
         self.classifier = nn.Linear(dim, num_identities, bias=False)  # W (C, d)
         self.schedule = IdentityReweighting(
-            num_identities, params.warmup, params.every, params.initial_hardness
+            num_identities, params.warmup_steps, params.every_steps, params.initial_hardness
         )
         self.weights: torch.Tensor
         self.register_buffer("weights", torch.ones(num_identities))  # w_c, mean 1
@@ -207,3 +206,23 @@ class IdentityReweighting(nn.Module):
     def weights(self) -> torch.Tensor:
         """(C,) weights with mean 1 (all ones before the first re-weighting)."""
         return self.raw / self.raw.mean()
+
+
+def build(params: Wen2021Section, train: TrainParams, data: PairData, seed: int) -> Wen2021:
+    """The registry's builder: a classifier over the training identities."""
+    return Wen2021(params, len(data.identities), train.embed_dim)
+
+
+def phases(run: Run, method: nn.Module, params: Wen2021Section) -> PhaseResult:
+    """Phase 1, the re-weighting run; its final identity weights are frozen for phase 2, which
+    trains fresh encoders and classifier (``run.rebuild()``). Reports ``identities_kept``, the
+    fraction of identities with a non-zero weight."""
+    assert isinstance(method, Wen2021)
+    run.train(method, params, "reweight", replace(run.cfg, epochs=params.reweight_epochs))
+    weights = method.weights.detach().clone()
+    kept = round(float((weights > 0).float().mean()), 4)
+    main = run.rebuild()
+    assert isinstance(main, Wen2021)
+    main.freeze(weights)
+    encoders, history = run.train(main, (params, weights.tolist()), "main")
+    return encoders, history, {"identities_kept": kept}

@@ -223,6 +223,45 @@ def train(
     return encoders, history
 
 
+#: What a method's training phases return: the final encoders, the (last phase's) per-epoch
+#: history and extra metrics for the training report (e.g. wen2021's ``identities_kept``).
+PhaseResult = tuple[Encoders, list[dict[str, float]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One method's training as its phases see it (:mod:`pipeline.methods.registry`): the data,
+    the config, the state folder (each phase checkpoints in ``state/<phase>``), the device,
+    ``rebuild`` (a fresh method module, seeded as the first one) and the progress callback."""
+
+    data: PairData
+    cfg: TrainConfig
+    state: Path
+    device: torch.device
+    rebuild: Callable[[], nn.Module]
+    progress: Callable[[dict[str, float]], None] | None = None
+
+    def train(
+        self, method: nn.Module, method_params: object, phase: str, cfg: TrainConfig | None = None
+    ) -> tuple[Encoders, list[dict[str, float]]]:
+        """:func:`train` ``method`` in ``state/<phase>`` (with ``cfg``, default the run's)."""
+        return train(
+            self.data,
+            method,
+            method_params,
+            cfg or self.cfg,
+            self.state / phase,
+            self.device,
+            progress=self.progress,
+        )
+
+
+def single_phase(run: Run, method: nn.Module, params: object) -> PhaseResult:
+    """The phases of most methods: one training run, in ``state/main``."""
+    encoders, history = run.train(method, params, "main")
+    return encoders, history, {}
+
+
 @torch.inference_mode()
 def embed_clips(
     encoders: Encoders, data: PairData, device: torch.device, batch: int = 256
