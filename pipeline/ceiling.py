@@ -54,6 +54,7 @@ class CeilingConfig:
     weights: tuple[float, float, float, float]
     ridge: float
     probe_l2: float
+    mirror_flip: bool = True  # train.mirror_flip
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ def train_ceiling(
         sums: dict[str, float] = {}
         for s in range(steps):
             clips = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            faces, voices = sample_batch(data, clips, cfg.voice_frames, gen)
+            faces, voices = sample_batch(data, clips, cfg.voice_frames, gen, cfg.mirror_flip)
             tf = attribute_loss(model.face(faces.to(device)), targets, clips, cfg.weights)
             tv = attribute_loss(model.voice(voices.to(device)), targets, clips, cfg.weights)
             loss = tf["loss"] + tv["loss"]

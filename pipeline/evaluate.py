@@ -98,9 +98,12 @@ def model_embeddings(
     )
 
 
-def oracle_embeddings(corpus: Path, manifest: Path, clip_keys: list[str]) -> Embeddings:
-    """The oracle's embeddings of ``clip_keys``: a ridge map from voice to face ground-truth
-    parameters fitted on the training split's clips (never on test clips)."""
+def oracle_embeddings(
+    corpus: Path, manifest: Path, clip_keys: list[str], ridge: float = 1.0
+) -> Embeddings:
+    """The oracle's embeddings of ``clip_keys``: a ridge map (L2 penalty ``ridge``, the
+    ``oracle.ridge`` param) from voice to face ground-truth parameters fitted on the training
+    split's clips (never on test clips)."""
     ident = read_table(corpus / "ground_truth" / "identities.parquet", SYNTH_IDENTITIES)
     clips = read_table(corpus / "ground_truth" / "clips.parquet", SYNTH_CLIPS)
     m = read_table(manifest, MANIFEST)
@@ -111,7 +114,7 @@ def oracle_embeddings(corpus: Path, manifest: Path, clip_keys: list[str]) -> Emb
     m = m.assign(**{"row": by_path.index.get_indexer(m["media_path"])})
     voice, face = clip_parameters(ident, clips)
     train_rows = m.loc[m["split"] == "train", "row"].to_numpy()
-    oracle = fit_oracle(voice[train_rows], face[train_rows])
+    oracle = fit_oracle(voice[train_rows], face[train_rows], ridge)
     rows = m.set_index("clip_key").loc[clip_keys, "row"].to_numpy()
     return Embeddings(
         list(clip_keys),

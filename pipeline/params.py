@@ -145,6 +145,8 @@ class TrainParams(_Section):
     face_size_px: int = Field(ge=16)
     voice_frames: int = Field(ge=8)
     eval_trials: int = Field(ge=100)
+    #: mirror each training face crop with probability 1/2 (the training loops' augmentation)
+    mirror_flip: bool = True
 
 
 #: A number of clusters: k-means needs at least two.
@@ -165,13 +167,21 @@ class Wen2021Section(_Section):
     """``wen2021``: Wen et al. 2021. ``published_code``: the released code's loss weighting
     (:mod:`pipeline.methods.wen2021`); ``reweight_epochs``: the first (re-weighting) run's length;
     ``warmup_steps`` / ``every_steps``: the re-weighting schedule in training steps of that run
-    (paper: 500 / 100 of a 2,400-step run)."""
+    (paper: 500 / 100 of a 2,400-step run); the schedule's constants (the paper's and the released
+    code's values are the defaults in ``params.yaml``): ``hardness_momentum`` of the running
+    hardness, ``first_fraction`` of identities switched on at the first update, ``step_fraction``
+    more at each later one up to ``cap``, and ``decay`` of the weights already on."""
 
     published_code: bool
     reweight_epochs: int = Field(ge=1)
     warmup_steps: int = Field(ge=0)
     every_steps: int = Field(ge=1)
     initial_hardness: float = Field(gt=0)
+    hardness_momentum: float = Field(0.9, ge=0, lt=1)
+    first_fraction: float = Field(0.5, gt=0, le=1)
+    step_fraction: float = Field(0.024, ge=0, le=1)
+    cap: float = Field(0.9, gt=0, le=1)
+    decay: float = Field(0.99, gt=0, le=1)
 
 
 class CmpcSection(_Section):
@@ -265,6 +275,13 @@ class CompareSection(_Section):
     bootstrap: int = Field(ge=100)  # identity resamples per interval
 
 
+class OracleSection(_Section):
+    """Stage ``oracle``: ``ridge``, the L2 penalty of the voice-to-face map fitted on the training
+    clips' ground-truth parameters (both sides z-scored)."""
+
+    ridge: float = Field(gt=0)
+
+
 class Params(_Section):
     base: BaseParams
     data: DataParams
@@ -282,6 +299,7 @@ class Params(_Section):
     bipseudo: BipseudoSection
     lowshot: LowshotSection
     trials: TrialsSection
+    oracle: OracleSection
     ceiling: CeilingSection
     compare: CompareSection
 

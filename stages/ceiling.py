@@ -49,6 +49,7 @@ def ceiling_config(params: Params) -> CeilingConfig:
         weights=(w.gender, w.nationality, w.age_years, w.build),
         ridge=c.ridge,
         probe_l2=c.probe_l2,
+        mirror_flip=t.mirror_flip,
     )
 
 

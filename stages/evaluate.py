@@ -46,7 +46,7 @@ def evaluate_flow(
         if params.data.layout != "synth":
             reason = "no ground truth: only the synthetic corpus has its rendering parameters"
             return write_unavailable("oracle", reason, metrics_file, eval_out)
-        emb = oracle_embeddings(Path(params.data.root), manifest, keys)
+        emb = oracle_embeddings(Path(params.data.root), manifest, keys, params.oracle.ridge)
     else:
         assert seed is not None
         dev = device()

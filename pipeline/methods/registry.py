@@ -107,6 +107,7 @@ def train_method(
         t.voice_frames,
         seed,
         head=entry.head,
+        mirror_flip=t.mirror_flip,
     )
 
     def rebuild() -> nn.Module:

@@ -87,7 +87,15 @@ class Wen2021(nn.Module):
         self.params = params
         self.classifier = nn.Linear(dim, num_identities, bias=False)  # W (C, d)
         self.schedule = IdentityReweighting(
-            num_identities, params.warmup_steps, params.every_steps, params.initial_hardness
+            num_identities,
+            params.warmup_steps,
+            params.every_steps,
+            params.initial_hardness,
+            params.first_fraction,
+            params.step_fraction,
+            params.cap,
+            params.decay,
+            params.hardness_momentum,
         )
         self.weights: torch.Tensor
         self.register_buffer("weights", torch.ones(num_identities))  # w_c, mean 1
@@ -140,11 +148,12 @@ class Wen2021(nn.Module):
 class IdentityReweighting(nn.Module):
     """Dynamic identity re-weighting: a running hardness per identity and the paper's schedule.
 
-    ``h_c ← 0.9 h_c + 0.1 (CE_face + CE_voice)`` for each sample of identity c (starting at
-    ``initial_hardness``). After ``warmup`` steps, every ``every`` steps: the first time, weight 1
-    for the easiest half of the identities and 0 for the rest; each later time, weights × 0.99 and
-    the next ``step_fraction`` (2.4 %) easiest identities still at 0 switched on, until ``cap``
-    (90 %) are on. Weights are returned normalised to mean 1 over all identities.
+    ``h_c ← m h_c + (1 − m) (CE_face + CE_voice)`` (``momentum`` m = 0.9) for each sample of
+    identity c (starting at ``initial_hardness``). After ``warmup`` steps, every ``every`` steps:
+    the first time, weight 1 for the easiest ``first_fraction`` (half) of the identities and 0 for
+    the rest; each later time, weights × ``decay`` (0.99) and the next ``step_fraction`` (2.4 %)
+    easiest identities still at 0 switched on, until ``cap`` (90 %) are on. Weights are returned
+    normalised to mean 1 over all identities. (Defaults: the paper's values, ``wen2021`` params.)
     """
 
     def __init__(
@@ -157,6 +166,7 @@ class IdentityReweighting(nn.Module):
         step_fraction: float = 0.024,
         cap: float = 0.9,
         decay: float = 0.99,
+        momentum: float = 0.9,
     ) -> None:
         super().__init__()
         self.hardness: torch.Tensor
@@ -165,7 +175,8 @@ class IdentityReweighting(nn.Module):
         self.register_buffer("hardness", torch.full((num_identities,), float(initial_hardness)))
         self.register_buffer("raw", torch.ones(num_identities))
         self.register_buffer("state", torch.zeros(2, dtype=torch.long))  # (steps, started)
-        self.warmup, self.every = warmup, every
+        self.warmup, self.every, self.momentum = warmup, every, momentum
+        self.rest = round(1.0 - momentum, 12)  # 1 - 0.9 as the literal 0.1, not 0.0999...98
         self.first_fraction, self.step_fraction, self.cap, self.decay = (
             first_fraction,
             step_fraction,
@@ -176,7 +187,7 @@ class IdentityReweighting(nn.Module):
     def observe(self, identity: torch.Tensor, ce_sum: torch.Tensor) -> None:
         """EMA update with per-sample ``CE_face + CE_voice`` (detached), in batch order."""
         for c, x in zip(identity.tolist(), ce_sum.detach().cpu().tolist(), strict=True):
-            self.hardness[c] = 0.9 * self.hardness[c] + 0.1 * x
+            self.hardness[c] = self.momentum * self.hardness[c] + self.rest * x
 
     def tick(self) -> bool:
         """Count one training step and apply the schedule; True when the weights changed."""

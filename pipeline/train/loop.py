@@ -45,6 +45,7 @@ class TrainConfig:
     voice_frames: int
     seed: int
     head: str = "none"  # set by the method (bipseudo: "shared_residual"), not a user param
+    mirror_flip: bool = True  # train.mirror_flip: training crops mirrored with p = 1/2
 
     def digest(self, method_params: object, data: PairData, method: nn.Module) -> str:
         """Identifies a run: this config, the method's params, the training data's content and
@@ -191,7 +192,7 @@ def train(
         t0 = time.perf_counter()
         for s in range(steps):
             clips = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            faces, voices = sample_batch(data, clips, cfg.voice_frames, gen)
+            faces, voices = sample_batch(data, clips, cfg.voice_frames, gen, cfg.mirror_flip)
             batch = Batch(
                 clips.to(device), data.identity[clips].to(device), data.video[clips].to(device)
             )
