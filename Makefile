@@ -26,7 +26,7 @@ install: $(VENV)/.installed  ## create .venv and install the project with its de
 
 demo: install  ## run the whole pipeline (dvc repro) on the default synthetic corpus
 	python -m stages.run dvc repro
-	python -m pipeline.headline
+	python -m pipeline.evaluate.headline
 
 test: install  ## the whole test suite, end-to-end test included
 	python -m pytest
@@ -44,7 +44,7 @@ typecheck: install
 check: lint typecheck test  ## everything CI and the pre-commit hook run
 
 oracle: install  ## the oracle stage's 1:2 matching accuracy on unseen identities (after make demo)
-	python -m pipeline.oracle
+	python -m pipeline.evaluate.oracle
 
 check-corpus: install  ## MTCNN one-face rate and VAD speech fraction on the generated corpus
 	python -m pipeline.synth.check data/synth

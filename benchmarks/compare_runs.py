@@ -18,7 +18,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from pipeline.aggregate import at
+from pipeline.evaluate.aggregate import at
 
 METRICS = (
     ("match_1to2", "v2f", "U"),

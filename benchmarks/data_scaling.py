@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.evaluate import Embeddings, quick_match
-from pipeline.methods.registry import build_method
-from pipeline.pairs import PairData, load_pairs, select_clips
+from pipeline.evaluate.scoring import Embeddings, quick_match
 from pipeline.params import load_params
 from pipeline.schema import MANIFEST, read_table
 from pipeline.train.loop import Encoders, TrainConfig, embed_clips, train
+from pipeline.train.methods.registry import build_method
+from pipeline.train.pairs import PairData, load_pairs, select_clips
 
 
 def accuracy(enc: Encoders, data: PairData, clips: pd.DataFrame, split: str, seed: int) -> float:

@@ -40,11 +40,11 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from pipeline.evaluate import Embeddings, match_accuracy
-from pipeline.jpeg import decode_jpeg
+from pipeline.evaluate.scoring import Embeddings, match_accuracy
+from pipeline.evaluate.trials import TrialSpec, generate_trials
+from pipeline.preprocess.jpeg import decode_jpeg
 from pipeline.schema import FACE_FRAMES, MANIFEST, SYNTH_IDENTITIES, VOICE_FEATURES, read_table
 from pipeline.synth.people import FACE_PARAM_COLUMNS, NATIONALITIES, VOICE_PARAM_COLUMNS
-from pipeline.trials import TrialSpec, generate_trials
 
 LOGREG_GRID = (3e-3, 1e-2, 3e-2, 1e-1, 1.0)
 RIDGE_GRID = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3)  # x n_train
@@ -83,9 +83,9 @@ def face_features(faces_dir: Path, keys: list[str]) -> dict[str, np.ndarray]:
 
 def voice_features(voice_dir: Path, root: Path, manifest: pd.DataFrame) -> np.ndarray:
     """Per manifest row: mean and std per bin of the un-normalised log-mel of its speech."""
-    from pipeline.features import FeatureConfig, log_mel
-    from pipeline.media import read_audio
     from pipeline.params import load_params
+    from pipeline.preprocess.media import read_audio
+    from pipeline.preprocess.voice_features import FeatureConfig, log_mel
 
     p = load_params().voice
     cfg = FeatureConfig(p.front_end, p.n_mels, p.win_ms, p.hop_ms, normalize=False)
@@ -108,9 +108,9 @@ def voice_features(voice_dir: Path, root: Path, manifest: pd.DataFrame) -> np.nd
 
 def quick_face_features(manifest: pd.DataFrame) -> dict[str, np.ndarray]:
     """Render one frame per video from the current renderer, detect, crop like the face stage."""
-    from pipeline.faces import DetectorConfig, FaceDetector
-    from pipeline.facetrack import crop_face
     from pipeline.params import load_params
+    from pipeline.preprocess.detector import DetectorConfig, FaceDetector
+    from pipeline.preprocess.face_tracks import crop_face
     from pipeline.synth.corpus import CANVAS_PAD, CorpusSpec, face_look, plan_corpus, scene_of
     from pipeline.synth.face import render_face
     from pipeline.synth.people import Calibration

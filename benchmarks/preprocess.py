@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.faces import DetectorConfig, FaceDetector
-from pipeline.features import FeatureConfig, log_mel
-from pipeline.media import read_audio, read_frames
 from pipeline.params import load_params
+from pipeline.preprocess.detector import DetectorConfig, FaceDetector
+from pipeline.preprocess.media import read_audio, read_frames
+from pipeline.preprocess.vad import VadConfig, frame_decisions, speech_segments
+from pipeline.preprocess.voice_features import FeatureConfig, log_mel
 from pipeline.schema import MANIFEST, read_table, write_table
-from pipeline.vad import VadConfig, frame_decisions, speech_segments
 
 _DET: FaceDetector | None = None
 

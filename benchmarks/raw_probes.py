@@ -3,7 +3,8 @@ of the media themselves carries (a sanity check for the media ceiling, ``stages/
 
 Face: the clip's crops (``train.face_size_px``) average-pooled to ``--face-px`` and averaged over
 frames; voice: the per-bin mean and standard deviation of the clip's log-mel features. Probes
-(:func:`pipeline.probes.embedding_probes`) are fitted on the training clips and scored on the
+(:func:`pipeline.evaluate.probes.embedding_probes`) are fitted on the training clips and scored on
+the
 unseen-unheard test clips. Example::
 
     python -m benchmarks.raw_probes --manifest data/manifest/clips.parquet --faces data/faces \\
@@ -19,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.attributes import clip_attributes
-from pipeline.pairs import PairData, load_pairs
+from pipeline.evaluate.attributes import clip_attributes
+from pipeline.evaluate.probes import embedding_probes
 from pipeline.params import load_params
-from pipeline.probes import embedding_probes
+from pipeline.train.pairs import PairData, load_pairs
 
 
 def raw_features(data: PairData, face_px: int) -> tuple[np.ndarray, np.ndarray]:

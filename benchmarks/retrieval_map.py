@@ -1,15 +1,16 @@
-"""Benchmark of retrieval mAP (``pipeline.metrics``) on random embeddings, against chance and numpy.
+"""Benchmark of retrieval mAP (``pipeline.evaluate.metrics``) on random embeddings, against chance
+and numpy.
 
 ``python -m benchmarks.retrieval_map`` (flags: ``--help``). Random Gaussian embeddings,
 L2-normalised, stand in for a method's voice and face embeddings; every identity has
 ``--per-identity`` gallery items, so every probe has that many relevant items. In one run it
 
-- times :func:`pipeline.metrics.retrieval_ap` (the whole of ``retrieval_map``'s work: exact
+- times :func:`pipeline.evaluate.metrics.retrieval_ap` (the whole of ``retrieval_map``'s work: exact
   float32 scores of every probe against the whole gallery, then AP by counting, no sort) and
   reports probes per second;
 - checks the result: random embeddings rank the gallery uniformly at random, so the mAP must sit
   within a few standard errors (from the per-probe AP spread) of the exact chance level
-  :func:`pipeline.metrics.expected_random_map`;
+  :func:`pipeline.evaluate.metrics.expected_random_map`;
 - times a plain numpy baseline (one matrix product, a full ``argsort`` per probe, AP from the
   sorted relevance) on the first ``--baseline-probes`` probes, and prints the throughput ratio
   and the largest |AP difference| on those probes. The baseline breaks ties by sort order, so the
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.metrics import expected_random_map, retrieval_ap
+from pipeline.evaluate.metrics import expected_random_map, retrieval_ap
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

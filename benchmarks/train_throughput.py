@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline.methods.registry import build_method
-from pipeline.pairs import load_pairs
 from pipeline.params import load_params
 from pipeline.train.loop import TrainConfig, train
+from pipeline.train.methods.registry import build_method
+from pipeline.train.pairs import load_pairs
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.faces import DetectorConfig, FaceDetector
-from pipeline.media import read_frames
 from pipeline.params import load_params
+from pipeline.preprocess.detector import DetectorConfig, FaceDetector
+from pipeline.preprocess.media import read_frames
 from pipeline.schema import MANIFEST, read_table
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"

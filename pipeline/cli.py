@@ -158,7 +158,9 @@ def _match(args: argparse.Namespace) -> None:
         args, [([Path(file)], modality), (candidates, other)]
     )
     scores = x @ probe[0]
-    order = (-scores).argsort(kind="stable")  # as evaluation ranks (pipeline.evaluate._ranked)
+    order = (-scores).argsort(
+        kind="stable"
+    )  # as evaluation ranks (pipeline.evaluate.scoring._ranked)
     print(f"{modality} {file}: {len(clips)} {other}s ranked by {model.method} ({model.path})")
     for rank, j in enumerate(order, 1):
         print(f"{rank:4d}  {scores[j]:+.4f}  {clips[j]}")

@@ -29,7 +29,7 @@ class DataParams(_Section):
     layout: Literal["synth", "voxceleb2", "voxceleb1", "generic"]
     root: str
     #: The metadata CSV (VoxCeleb1/2 format), or for ``generic`` the clip list
-    #: (:func:`pipeline.manifest.read_clip_list`).
+    #: (:func:`pipeline.preprocess.manifest.read_clip_list`).
     meta: str
     #: Optional published identity split: a PINs ``identity_splits.txt`` or a folder holding the
     #: Wen split's ``vox1_{train,val,test}.csv``. ``null``: the manifest stage draws splits itself.
@@ -154,7 +154,7 @@ ClusterCount = Annotated[int, Field(ge=2)]
 
 
 # The methods' sections: each is the one definition of its method's params (the method module
-# takes it as is; ``pipeline.methods.registry`` names the section of each method).
+# takes it as is; ``pipeline.train.methods.registry`` names the section of each method).
 
 
 class CidSection(_Section):
@@ -165,12 +165,13 @@ class CidSection(_Section):
 
 class Wen2021Section(_Section):
     """``wen2021``: Wen et al. 2021. ``published_code``: the released code's loss weighting
-    (:mod:`pipeline.methods.wen2021`); ``reweight_epochs``: the first (re-weighting) run's length;
-    ``warmup_steps`` / ``every_steps``: the re-weighting schedule in training steps of that run
-    (paper: 500 / 100 of a 2,400-step run); the schedule's constants (the paper's and the released
-    code's values are the defaults in ``params.yaml``): ``hardness_momentum`` of the running
-    hardness, ``first_fraction`` of identities switched on at the first update, ``step_fraction``
-    more at each later one up to ``cap``, and ``decay`` of the weights already on."""
+    (:mod:`pipeline.train.methods.wen2021`); ``reweight_epochs``: the first (re-weighting) run's
+    length; ``warmup_steps`` / ``every_steps``: the re-weighting schedule in training steps of that
+    run (paper: 500 / 100 of a 2,400-step run); the schedule's constants (the paper's and the
+    released code's values are the defaults in ``params.yaml``): ``hardness_momentum`` of the
+    running hardness, ``first_fraction`` of identities switched on at the first update,
+    ``step_fraction`` more at each later one up to ``cap``, and ``decay`` of the weights already
+    on."""
 
     published_code: bool
     reweight_epochs: int = Field(ge=1)
@@ -191,7 +192,7 @@ class CmpcSection(_Section):
     ``every_epochs``: when the memory is clustered; ``delta`` / ``kappa``: the recalibration
     Gaussian; ``phi_mean``: the concentrations' mean; ``prototypes`` / ``recalibration``: switch the
     parts off (both off = ``cid``; with ``published_code``, 2 x ``cid``); ``published_code``: the
-    released code's loss and loop (:mod:`pipeline.methods.cmpc`)."""
+    released code's loss and loop (:mod:`pipeline.train.methods.cmpc`)."""
 
     tau: float = Field(gt=0)
     clusters: list[ClusterCount] = Field(min_length=1)

@@ -208,8 +208,8 @@ FAILURES = TableSchema(
     sort_by=("clip_key",),
 )
 
-# Evaluation trial lists (pipeline/trials.py), one long table for every protocol of
-# the field (:mod:`pipeline.trials`). Every clip_key refers to a clip of the row's split.
+# Evaluation trial lists (pipeline/evaluate/trials.py), one long table for every protocol of
+# the field (:mod:`pipeline.evaluate.trials`). Every clip_key refers to a clip of the row's split.
 TRIALS = TableSchema(
     name="trials",
     version=1,
@@ -232,7 +232,7 @@ TRIALS = TableSchema(
             pa.field("candidates", pa.list_(pa.string()), nullable=False),
             pa.field("label", pa.bool_()),  # verify: same identity; null for match / retrieve
             pa.field("seed", pa.int64(), nullable=False),  # generator seed; -1: imported list
-            # pipeline.trials.GENERATOR_VERSION; 0: imported list
+            # pipeline.evaluate.trials.GENERATOR_VERSION; 0: imported list
             pa.field("generator_version", pa.int32(), nullable=False),
         ]
     ),
@@ -241,8 +241,8 @@ TRIALS = TableSchema(
 
 
 # Per-trial outcomes of one scored model (stage evaluate@<method>-<seed>): what the identity
-# bootstrap and the paired comparisons of pipeline/stats.py resample. One row per match or verify
-# trial of the TRIALS table (same key columns), with the probe's identity.
+# bootstrap and the paired comparisons of pipeline/evaluate/stats.py resample. One row per match or
+# verify trial of the TRIALS table (same key columns), with the probe's identity.
 OUTCOMES = TableSchema(
     name="outcomes",
     version=1,

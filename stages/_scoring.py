@@ -15,10 +15,10 @@ from typing import Any
 import pandas as pd
 
 from pipeline.atomic import atomic_path
-from pipeline.attributes import clip_attributes
-from pipeline.evaluate import Embeddings, Scores, model_embeddings, oracle_fraction, score
+from pipeline.evaluate.attributes import clip_attributes
+from pipeline.evaluate.probes import embedding_probes
+from pipeline.evaluate.scoring import Embeddings, Scores, model_embeddings, oracle_fraction, score
 from pipeline.params import Params
-from pipeline.probes import embedding_probes
 from pipeline.schema import MANIFEST, OUTCOMES, read_table, write_table
 from pipeline.train.loop import Encoders
 from stages._runtime import write_json
@@ -90,8 +90,8 @@ def score_and_write(
 def probe_figures(
     encoders: Encoders, params: Params, args: argparse.Namespace, test: Embeddings
 ) -> dict[str, Any]:
-    """Linear attribute probes on a model's embeddings (:mod:`pipeline.probes`): fitted on the
-    training split's clips, scored on the test_unseen clips of ``test``."""
+    """Linear attribute probes on a model's embeddings (:mod:`pipeline.evaluate.probes`): fitted on
+    the training split's clips, scored on the test_unseen clips of ``test``."""
     manifest = Path(args.manifest)
     train = model_embeddings(
         encoders, manifest, Path(args.faces), Path(args.voice), params.train.face_size_px,

@@ -20,8 +20,8 @@ import pandas as pd
 from prefect import task
 
 from pipeline.atomic import atomic_dir
+from pipeline.preprocess.shards import ClipRef, ShardResult, clip_refs
 from pipeline.schema import FAILURES, MANIFEST, read_table, write_table
-from pipeline.shard import ClipRef, ShardResult, clip_refs
 from stages._runtime import (
     fail,
     limit_native_threads,
@@ -68,7 +68,7 @@ def fan_out(
 ) -> tuple[Counter[str], pd.DataFrame, list[tuple[str, str]]]:
     """Every clip of ``manifest``, one task per shard; the shards and ``failures.parquet`` replace
     the folder ``out`` whole. Returns the summed counts, the failure rows and the flagged clips
-    (:attr:`pipeline.shard.ShardResult.flagged`). Prints progress as shards finish."""
+    (:attr:`pipeline.preprocess.shards.ShardResult.flagged`). Prints progress as shards finish."""
     clips = clip_refs(read_table(manifest, MANIFEST))
     with atomic_dir(out) as tmp:
         return _fan_out(stage, fn, clips, shard_clips, Path(root), cfg, tmp)

@@ -3,7 +3,7 @@
 Reads ``reports/metrics/seeds/<name>-s<seed>.json`` and ``reports/eval/<name>/s<seed>/outcomes.
 parquet`` for every method in ``methods`` and ``lowshot_<method>`` in ``lowshot.methods``, and
 every seed in ``seeds``; writes ``reports/metrics/aggregate/<name>.json`` (per metric: mean, sd,
-95 % interval over seeds, 95 % identity-bootstrap interval; :mod:`pipeline.aggregate`) and
+95 % interval over seeds, 95 % identity-bootstrap interval; :mod:`pipeline.evaluate.aggregate`) and
 ``reports/metrics/aggregate/verdicts.json`` (each method against ``compare.reference`` and the top
 method: paired difference, 95 % interval, verdict; the methods tied for first; low-shot gains),
 ``headline.json`` (a few test_unseen figures per model, for ``dvc metrics show`` / ``dvc exp show``)
@@ -20,7 +20,8 @@ from typing import Any
 
 from prefect import flow
 
-from pipeline.aggregate import (
+from pipeline.atomic import atomic_dir
+from pipeline.evaluate.aggregate import (
     TrialStats,
     aggregate_one,
     at,
@@ -28,7 +29,6 @@ from pipeline.aggregate import (
     overlay_tables,
     verdicts,
 )
-from pipeline.atomic import atomic_dir
 from pipeline.params import Params
 from stages._runtime import fail, prefect_api, stage_params, write_json
 

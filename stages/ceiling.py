@@ -1,9 +1,9 @@
 """DVC stage ``ceiling``: the media ceiling, scored on the shared trial lists like a method.
 
 Trains attribute-supervised face and voice encoders on the training split's media
-(:mod:`pipeline.ceiling`), embeds the test clips through the oracle's voice-to-face ridge map and
-writes ``reports/metrics/ceiling.json`` in the methods' format (with the oracle fractions) plus an
-``attributes`` key (the ceiling's own gender / nationality accuracy and age / build R² on
+(:mod:`pipeline.evaluate.ceiling`), embeds the test clips through the oracle's voice-to-face ridge
+map and writes ``reports/metrics/ceiling.json`` in the methods' format (with the oracle fractions)
+plus an ``attributes`` key (the ceiling's own gender / nationality accuracy and age / build R² on
 ``test_unseen``, from its heads and from linear probes), and ``reports/eval/ceiling/`` (1:N curve,
 ROC, ranked retrievals, the training history). Only the synthetic corpus has the latent
 attributes: elsewhere it writes ``{"available": false}`` like the oracle stage.
@@ -20,13 +20,13 @@ from typing import Any
 from prefect import flow
 
 from pipeline.atomic import atomic_path
-from pipeline.attributes import clip_attributes
-from pipeline.ceiling import CeilingConfig, run_ceiling
-from pipeline.evaluate import EVAL_SPLITS
-from pipeline.pairs import load_pairs
+from pipeline.evaluate.attributes import clip_attributes
+from pipeline.evaluate.ceiling import CeilingConfig, run_ceiling
+from pipeline.evaluate.scoring import EVAL_SPLITS
+from pipeline.evaluate.trials import read_trials
 from pipeline.params import Params
 from pipeline.schema import MANIFEST, read_table
-from pipeline.trials import read_trials
+from pipeline.train.pairs import load_pairs
 from stages._runtime import device, prefect_api, setup_torch, stage_params, write_json
 from stages._scoring import score_and_write, write_unavailable
 

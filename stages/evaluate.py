@@ -18,10 +18,10 @@ from typing import Any
 
 from prefect import flow
 
-from pipeline.evaluate import model_embeddings, oracle_embeddings
+from pipeline.evaluate.scoring import model_embeddings, oracle_embeddings
+from pipeline.evaluate.trials import read_trials
 from pipeline.params import Params
 from pipeline.train.loop import load_model
-from pipeline.trials import read_trials
 from stages._runtime import device, model_dir, prefect_api, stage_params
 from stages._scoring import (
     add_eval_arguments,

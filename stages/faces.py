@@ -16,9 +16,9 @@ from typing import Any
 
 from prefect import flow
 
-from pipeline.faces import DetectorConfig
-from pipeline.facetrack import FaceConfig, face_shard
 from pipeline.params import FaceStageParams
+from pipeline.preprocess.detector import DetectorConfig
+from pipeline.preprocess.face_tracks import FaceConfig, face_shard
 from stages._shards import failure_summary, fan_out, run_stage
 
 

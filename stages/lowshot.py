@@ -2,7 +2,7 @@
 
 Draws ``lowshot.fraction`` of the training identities from ``base.seed`` (the same ones for every
 method and seed), fine-tunes ``models/<method>/s<seed>/model.pt`` on their clips with identity
-labels (:mod:`pipeline.methods.lowshot`; seeded by ``--seed``, checkpointed and resumable like
+labels (:mod:`pipeline.train.methods.lowshot`; seeded by ``--seed``, checkpointed and resumable like
 training), writes ``models/lowshot/<method>/s<seed>/model.pt``, and scores it on the shared trials
 as ``lowshot_<method>`` (``reports/metrics/seeds/lowshot_<method>-s<seed>.json``).
 """
@@ -20,12 +20,12 @@ import torch
 from prefect import flow
 
 from pipeline.atomic import atomic_path
-from pipeline.evaluate import model_embeddings
-from pipeline.methods.lowshot import LowShot, LowShotParams
-from pipeline.pairs import load_pairs, select_clips
+from pipeline.evaluate.scoring import model_embeddings
+from pipeline.evaluate.trials import read_trials
 from pipeline.params import Params
 from pipeline.train.loop import TrainConfig, load_model, save_model, train
-from pipeline.trials import read_trials
+from pipeline.train.methods.lowshot import LowShot, LowShotParams
+from pipeline.train.pairs import load_pairs, select_clips
 from stages._runtime import (
     device,
     model_dir,

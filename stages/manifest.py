@@ -5,9 +5,9 @@ list or the synthetic corpus), joins the metadata, assigns identity splits once 
 published split file), and writes ``clips.parquet``, ``skipped.parquet`` and the stage report.
 
 Before anything is written, the clips are checked against the params of the heavy stages that
-follow (:mod:`pipeline.preflight`: split sizes, cluster counts, the batch, Wen's warm-up, trials
-that cannot be formed honestly): a problem stops the stage with one line naming the setting and
-the fix; a warning goes to the report (``warnings``) and the console.
+follow (:mod:`pipeline.preprocess.preflight`: split sizes, cluster counts, the batch, Wen's warm-up,
+trials that cannot be formed honestly): a problem stops the stage with one line naming the setting
+and the fix; a warning goes to the report (``warnings``) and the console.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from pipeline.manifest import ManifestError, build_manifest
 from pipeline.params import Params
-from pipeline.preflight import check
+from pipeline.preprocess.manifest import ManifestError, build_manifest
+from pipeline.preprocess.preflight import check
 from pipeline.schema import MANIFEST, MANIFEST_SKIPPED, write_table
 from stages._runtime import fail, prefect_api, stage_params, write_json
 

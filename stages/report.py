@@ -16,16 +16,14 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from pipeline.report import (
-    Provenance,
-    build_figures,
-    inputs_digest,
+from pipeline.report.document import Provenance, inputs_digest, write_report
+from pipeline.report.figures import build_figures
+from pipeline.report.loading import (
     leaders,
     load_first_frames,
     load_inputs,
     ranked_clip_keys,
     ranking_text,
-    write_report,
 )
 from stages._runtime import fail, prefect_api, stage_params
 

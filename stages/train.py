@@ -7,8 +7,8 @@ k-means; a checkpoint every epoch, resumed after a kill), and writes ``models/<m
 history for ``dvc plots`` and a quick 1:2 voice->face check on the validation identities (the
 test splits are for the evaluation stages only). ``wen2021``
 runs its two phases (the re-weighting run, then the main run with the identity weights
-frozen; :func:`pipeline.methods.wen2021.phases`). The method comes from
-:mod:`pipeline.methods.registry`. The device comes from ``VOXFACE_DEVICE`` (default: CUDA when
+frozen; :func:`pipeline.train.methods.wen2021.phases`). The method comes from
+:mod:`pipeline.train.methods.registry`. The device comes from ``VOXFACE_DEVICE`` (default: CUDA when
 present, else CPU).
 """
 
@@ -24,12 +24,17 @@ import torch
 from prefect import flow
 
 from pipeline.atomic import atomic_path
-from pipeline.evaluate import Embeddings, quick_match
-from pipeline.methods.registry import MethodSetupError, UnknownMethodError, lookup, train_method
-from pipeline.pairs import load_pairs
+from pipeline.evaluate.scoring import Embeddings, quick_match
 from pipeline.params import Params
 from pipeline.schema import MANIFEST, read_table
 from pipeline.train.loop import embed_clips, save_model
+from pipeline.train.methods.registry import (
+    MethodSetupError,
+    UnknownMethodError,
+    lookup,
+    train_method,
+)
+from pipeline.train.pairs import load_pairs
 from stages._runtime import (
     device,
     fail,
@@ -60,7 +65,7 @@ def train_flow(
             flush=True,
         )
 
-    try:  # the method's phases (wen2021: two, pipeline.methods.wen2021.phases)
+    try:  # the method's phases (wen2021: two, pipeline.train.methods.wen2021.phases)
         cfg, (encoders, history, extra) = train_method(
             method_name, params, data, seed, Path(out) / "state", dev, show
         )

@@ -2,8 +2,8 @@
 
 Reads the manifest and the feature shards (a clip is evaluable when it has both face crops and
 voice features), draws every protocol's trials for the unseen-unheard (``test_unseen``) and
-seen-heard (``test_seen``) splits (:mod:`pipeline.trials`), and writes ``trials.parquet`` with the
-generator's summary.
+seen-heard (``test_seen``) splits (:mod:`pipeline.evaluate.trials`), and writes ``trials.parquet``
+with the generator's summary.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 import pandas as pd
 from prefect import flow, get_run_logger
 
-from pipeline.evaluate import EVAL_SPLITS, evaluable_clips
+from pipeline.evaluate.scoring import EVAL_SPLITS, evaluable_clips
+from pipeline.evaluate.trials import TrialSpec, generate_trials, write_trials
 from pipeline.params import TrialsSection
-from pipeline.trials import TrialSpec, generate_trials, write_trials
 from stages._runtime import fail, prefect_api, stage_params, write_json
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from prefect import flow
 
-from pipeline.features import FeatureConfig, VoiceConfig, voice_shard
 from pipeline.params import VoiceStageParams
-from pipeline.vad import VadConfig
+from pipeline.preprocess.vad import VadConfig
+from pipeline.preprocess.voice_features import FeatureConfig, VoiceConfig, voice_shard
 from stages._shards import failure_summary, fan_out, run_stage
 
 

@@ -46,11 +46,11 @@ def main() -> None:
         render_corpus(args.root, small_spec(seed=17, identities=3, videos=1, dur=1.5))
         print(json.dumps(_md5s(args.root)))
         return
-    from pipeline.faces import DetectorConfig
-    from pipeline.facetrack import FaceConfig, face_shard
-    from pipeline.features import FeatureConfig, VoiceConfig, voice_shard
-    from pipeline.shard import ClipRef
-    from pipeline.vad import VadConfig
+    from pipeline.preprocess.detector import DetectorConfig
+    from pipeline.preprocess.face_tracks import FaceConfig, face_shard
+    from pipeline.preprocess.shards import ClipRef
+    from pipeline.preprocess.vad import VadConfig
+    from pipeline.preprocess.voice_features import FeatureConfig, VoiceConfig, voice_shard
 
     clips = [
         ClipRef(

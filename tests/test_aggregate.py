@@ -9,9 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.aggregate import Scored, TrialStats, aggregate_one, leaves, load_scored, verdicts
+from pipeline.evaluate.aggregate import (
+    Scored,
+    TrialStats,
+    aggregate_one,
+    leaves,
+    load_scored,
+    verdicts,
+)
+from pipeline.evaluate.stats import seed_interval
 from pipeline.schema import OUTCOMES, write_table
-from pipeline.stats import seed_interval
 
 IDS = [f"id{i:02d}" for i in range(20)]
 
@@ -117,7 +124,7 @@ def test_load_scored_reads_the_layout_and_names_missing_files(tmp_path: Path) ->
 
 
 def test_overlay_tables_average_curves_over_seeds(tmp_path: Path) -> None:
-    from pipeline.aggregate import ROC_GRID, overlay_tables
+    from pipeline.evaluate.aggregate import ROC_GRID, overlay_tables
 
     for seed, (acc, tpr_mid) in {1: (0.6, 0.4), 2: (0.8, 0.6)}.items():
         d = tmp_path / "cid" / f"s{seed}"

@@ -14,10 +14,11 @@ import pyarrow as pa
 import pytest
 from ruamel.yaml import YAML
 
-from pipeline.attributes import clip_attributes
-from pipeline.ceiling import fit_map, make_targets
-from pipeline.jpeg import encode_jpeg
+from pipeline.evaluate.attributes import clip_attributes
+from pipeline.evaluate.ceiling import fit_map, make_targets
+from pipeline.evaluate.trials import TrialSpec, generate_trials, write_trials
 from pipeline.params import load_params
+from pipeline.preprocess.jpeg import encode_jpeg
 from pipeline.schema import (
     FACE_FRAMES,
     MANIFEST,
@@ -28,7 +29,6 @@ from pipeline.schema import (
     write_table,
 )
 from pipeline.synth.people import sample_identities
-from pipeline.trials import TrialSpec, generate_trials, write_trials
 from tests.conftest import REPO
 from tests.helpers import CAL
 

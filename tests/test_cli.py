@@ -20,14 +20,13 @@ import torch
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.evaluate import _ranked, model_embeddings
-from pipeline.facetrack import face_shard
-from pipeline.features import voice_shard
-from pipeline.jpeg import decode_jpeg
-from pipeline.media import read_audio, read_frames
-from pipeline.methods.cid import CID
-from pipeline.pairs import load_pairs
+from pipeline.evaluate.scoring import _ranked, model_embeddings
 from pipeline.params import CidSection
+from pipeline.preprocess.face_tracks import face_shard
+from pipeline.preprocess.jpeg import decode_jpeg
+from pipeline.preprocess.media import read_audio, read_frames
+from pipeline.preprocess.shards import clip_refs
+from pipeline.preprocess.voice_features import voice_shard
 from pipeline.schema import (
     FACE_FRAMES,
     FAILURES,
@@ -36,7 +35,6 @@ from pipeline.schema import (
     read_table,
     write_table,
 )
-from pipeline.shard import clip_refs
 from pipeline.tool import embed as em
 from pipeline.train.loop import (
     ModelFileError,
@@ -45,6 +43,8 @@ from pipeline.train.loop import (
     save_model,
     train,
 )
+from pipeline.train.methods.cid import CID
+from pipeline.train.pairs import load_pairs
 from tests.conftest import REPO
 from tests.test_stages import _manifest
 from tests.test_train import CFG as TRAIN_CFG

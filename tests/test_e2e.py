@@ -257,7 +257,7 @@ def test_metrics_and_oracle_commands(tiny_repo: tuple[Path, dict[str, str], floa
     plots = _run(["dvc", "plots", "show", "--json"], repo, env)
     assert "reports/eval/cmpc/s1/roc.csv" in plots
     assert "reports/train/wen2021/s1_history.json" in plots
-    oracle = json.loads(_run([sys.executable, "-m", "pipeline.oracle"], repo, env))
+    oracle = json.loads(_run([sys.executable, "-m", "pipeline.evaluate.oracle"], repo, env))
     assert oracle["test_identities"] >= 4 and 0.5 < oracle["oracle_1to2_v2f_U"] <= 1.0
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.encoders import (
+from pipeline.train.encoders import (
     FrozenFaceNet,
     build_face_encoder,
     build_voice_encoder,

@@ -13,11 +13,17 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.evaluate import Embeddings, match_accuracy, oracle_fraction, quick_match, score
-from pipeline.methods.lowshot import LowShot, LowShotParams
-from pipeline.pairs import select_clips
+from pipeline.evaluate.scoring import (
+    Embeddings,
+    match_accuracy,
+    oracle_fraction,
+    quick_match,
+    score,
+)
+from pipeline.evaluate.trials import TrialSpec, generate_trials
 from pipeline.schema import OUTCOMES, read_table
-from pipeline.trials import TrialSpec, generate_trials
+from pipeline.train.methods.lowshot import LowShot, LowShotParams
+from pipeline.train.pairs import select_clips
 from tests.test_train import toy_pairs
 
 

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import facetrack
-from pipeline.faces import Detections, DetectorConfig
-from pipeline.facetrack import (
+from pipeline.preprocess import face_tracks as facetrack
+from pipeline.preprocess.detector import Detections, DetectorConfig
+from pipeline.preprocess.face_tracks import (
     RIVAL_SHARE,
     FaceConfig,
     crop_face,
@@ -21,10 +21,10 @@ from pipeline.facetrack import (
     rival_faces,
     select_track,
 )
-from pipeline.jpeg import decode_jpeg, encode_jpeg
-from pipeline.media import read_face_frames
+from pipeline.preprocess.jpeg import decode_jpeg, encode_jpeg
+from pipeline.preprocess.media import read_face_frames
+from pipeline.preprocess.shards import ClipRef
 from pipeline.schema import FACE_FRAMES, read_table
-from pipeline.shard import ClipRef
 from stages.faces import competing_warning
 from tests.test_media import _video_only
 
@@ -126,7 +126,7 @@ def test_a_hanging_decode_becomes_a_timeout_row(
 def test_face_shard_reads_voxceleb1_crops(
     small_corpus: tuple[Path, pd.DataFrame, pd.DataFrame], tmp_path: Path
 ) -> None:
-    from pipeline.media import read_frames
+    from pipeline.preprocess.media import read_frames
 
     root, clips, _ = small_corpus
     _, frames = read_frames(root / clips.path.iloc[0], 2.0)

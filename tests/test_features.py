@@ -10,10 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.features import FeatureConfig, VoiceConfig, features_of, log_mel, voice_shard
+from pipeline.preprocess.shards import ClipRef
+from pipeline.preprocess.vad import VadConfig
+from pipeline.preprocess.voice_features import (
+    FeatureConfig,
+    VoiceConfig,
+    features_of,
+    log_mel,
+    voice_shard,
+)
 from pipeline.schema import VOICE_FEATURES, read_table
-from pipeline.shard import ClipRef
-from pipeline.vad import VadConfig
 from tests.test_media import _video_only
 
 FBANK = FeatureConfig("fbank", 64, 25.0, 10.0, True)
@@ -101,8 +107,8 @@ def test_voice_shard_with_bad_files(
 @pytest.mark.slow
 def test_real_clips_give_features_or_a_clear_failure(realdata: Path, tmp_path: Path) -> None:
     """Every real clip (FLV/VP6, MP3, MPEG-1, MPEG-4, H.264) yields features or a failure row."""
-    from pipeline.faces import DetectorConfig
-    from pipeline.facetrack import FaceConfig, face_shard
+    from pipeline.preprocess.detector import DetectorConfig
+    from pipeline.preprocess.face_tracks import FaceConfig, face_shard
     from pipeline.schema import FACE_FRAMES
 
     with open(realdata / "manifest.csv") as f:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import headline, oracle
+from pipeline.evaluate import headline, oracle
 
 HEADLINE = {
     "cid": {

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pipeline.isolate import (
+from pipeline.preprocess.isolate import (
     DECODER_MESSAGES_KEPT,
     CallTimeout,
     ChildDied,

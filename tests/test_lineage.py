@@ -101,9 +101,14 @@ def test_stage_deps_cover_the_code_it_runs(stage: str, module: str, deps: list[s
 
 def test_the_import_walk_finds_indirect_imports() -> None:
     files = runs("stages.train")
-    # stages.train -> pipeline.pairs -> pipeline.features -> pipeline.media
-    assert {"stages/train.py", "pipeline/pairs.py", "pipeline/features.py"} <= files
-    assert "pipeline/media.py" in files and "pipeline/report.py" not in files
+    # stages.train -> pipeline.train.pairs -> pipeline.preprocess.voice_features ->
+    # pipeline.preprocess.media
+    assert {
+        "stages/train.py",
+        "pipeline/train/pairs.py",
+        "pipeline/preprocess/voice_features.py",
+    } <= files
+    assert "pipeline/preprocess/media.py" in files and "pipeline/report/document.py" not in files
 
 
 def test_stages_do_not_import_each_other() -> None:

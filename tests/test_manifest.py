@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.manifest import (
+from pipeline.params import DataParams, ManifestParams
+from pipeline.preprocess.manifest import (
     CLIP_LIST_COLUMNS,
     ManifestError,
     build_manifest,
@@ -18,7 +19,6 @@ from pipeline.manifest import (
     read_meta,
     read_split_file,
 )
-from pipeline.params import DataParams, ManifestParams
 
 SPLIT = ManifestParams(
     train_fraction=0.6, val_fraction=0.2, seen_heard_videos=1, seen_heard_fraction=1.0
@@ -532,7 +532,7 @@ def test_manifest_stage_on_a_generic_dataset(
     realdata: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     from pipeline.params import load_params
-    from pipeline.preflight import check
+    from pipeline.preprocess.preflight import check
     from pipeline.schema import MANIFEST, read_table
     from stages._runtime import prefect_api
 

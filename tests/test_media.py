@@ -10,9 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.faces import DetectorConfig, FaceDetector
-from pipeline.media import MediaError, read_audio, read_crop_folder, read_frames, sample_times
-from pipeline.vad import VadConfig, frame_decisions, speech_segments
+from pipeline.preprocess.detector import DetectorConfig, FaceDetector
+from pipeline.preprocess.media import (
+    MediaError,
+    read_audio,
+    read_crop_folder,
+    read_frames,
+    sample_times,
+)
+from pipeline.preprocess.vad import VadConfig, frame_decisions, speech_segments
 
 DET = DetectorConfig(40, (0.6, 0.7, 0.7), 0.709, 32)
 VAD = VadConfig(2, 30, 0, 35.0)

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from pipeline.encoders import SharedResidual
-from pipeline.methods.bipseudo import BiPseudo
 from pipeline.params import BipseudoSection
+from pipeline.train.encoders import SharedResidual
 from pipeline.train.loop import Encoders, TrainConfig
+from pipeline.train.methods.bipseudo import BiPseudo
 
 
 def params(**kw: object) -> BipseudoSection:

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from pipeline.methods.cid import CID
-from pipeline.methods.common import cross_modal_info_nce, symmetric_info_nce
 from pipeline.params import CidSection
+from pipeline.train.methods.cid import CID
+from pipeline.train.methods.common import cross_modal_info_nce, symmetric_info_nce
 
 
 def plain_loop_cid(face: list[list[float]], voice: list[list[float]], tau: float) -> float:

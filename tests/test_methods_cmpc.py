@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from pipeline.methods.cid import CID
-from pipeline.methods.clusters import Clustering, MemoryBank, concentration, kmeans
-from pipeline.methods.cmpc import CMPC, recalibration_weights
 from pipeline.params import CidSection, CmpcSection
+from pipeline.train.methods.cid import CID
+from pipeline.train.methods.clusters import Clustering, MemoryBank, concentration, kmeans
+from pipeline.train.methods.cmpc import CMPC, recalibration_weights
 
 
 def params(**kw: object) -> CmpcSection:

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from pipeline.methods.wen2021 import IdentityReweighting, Wen2021, local_alignment
 from pipeline.params import Wen2021Section
+from pipeline.train.methods.wen2021 import IdentityReweighting, Wen2021, local_alignment
 
 
 def _dot(a: list[float], b: list[float]) -> float:

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import metrics
-from pipeline.metrics import (
+from pipeline.evaluate import metrics
+from pipeline.evaluate.metrics import (
     equal_error_rate,
     expected_random_ap,
     expected_random_map,

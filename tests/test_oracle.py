@@ -1,5 +1,6 @@
 """The oracle: the linear map, and the corpus calibration it certifies (scored on trials from
-:func:`pipeline.trials.generate_trials` by :mod:`pipeline.metrics`, as the oracle stage does)."""
+:func:`pipeline.evaluate.trials.generate_trials` by :mod:`pipeline.evaluate.metrics`, as the oracle
+stage does)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.evaluate import Embeddings, quick_match
-from pipeline.oracle import clip_parameters, fit_oracle
+from pipeline.evaluate.oracle import clip_parameters, fit_oracle
+from pipeline.evaluate.scoring import Embeddings, quick_match
 from pipeline.params import load_params
 from pipeline.synth.corpus import CorpusSpec, plan_corpus
 from pipeline.synth.people import Calibration

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from pipeline.params import Params, load_params
-from pipeline.preflight import check
+from pipeline.preprocess.preflight import check
 from tests.conftest import REPO
 
 #: (identities, videos each, clips per video) per split, shaped like the default synthetic

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.probes import attribute_probes, embedding_probes, fit_logistic, fit_ridge
+from pipeline.evaluate.probes import attribute_probes, embedding_probes, fit_logistic, fit_ridge
 
 
 def _attrs(n: int, rng: np.random.Generator) -> pd.DataFrame:

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.methods.bipseudo import BiPseudo
-from pipeline.methods.cid import CID
-from pipeline.methods.cmpc import CMPC
-from pipeline.methods.common import info_nce_loss
-from pipeline.methods.registry import (
+from pipeline.params import CidSection, Params, TrainParams, load_params
+from pipeline.train.loop import Encoders, TrainConfig, train
+from pipeline.train.methods.bipseudo import BiPseudo
+from pipeline.train.methods.cid import CID
+from pipeline.train.methods.cmpc import CMPC
+from pipeline.train.methods.common import info_nce_loss
+from pipeline.train.methods.registry import (
     METHODS,
     Method,
     MethodSetupError,
@@ -21,10 +23,8 @@ from pipeline.methods.registry import (
     lookup,
     train_method,
 )
-from pipeline.methods.wen2021 import Wen2021
-from pipeline.pairs import PairData
-from pipeline.params import CidSection, Params, TrainParams, load_params
-from pipeline.train.loop import Encoders, TrainConfig, train
+from pipeline.train.methods.wen2021 import Wen2021
+from pipeline.train.pairs import PairData
 from tests.test_train import toy_pairs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,14 +14,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import report as rp
+from pipeline.report import document, loading
+from pipeline.report import figures as figs
 from pipeline.schema import FACE_FRAMES, MANIFEST, write_table
 
 METHODS = ("alpha", "beta")
 SEED = 1  # the first of the repository's params.yaml `seeds` (the stage shows that one)
 # 1:2 V→F U on test_unseen; the oracle's margin over chance is 0.40.
 HEADLINE = {"alpha": 0.72, "beta": 0.66, "oracle": 0.90}
-PROV = rp.Provenance(inputs="0123456789ab")
+PROV = document.Provenance(inputs="0123456789ab")
 FACE_RGB = (200, 120, 90)  # face thumbnails: no green, so green pixels can only be frames
 
 
@@ -176,8 +177,8 @@ def make_inputs(root: Path, oracle: bool = True) -> dict[str, Path]:
     return paths
 
 
-def load(paths: dict[str, Path]) -> rp.ReportInputs:
-    return rp.load_inputs(
+def load(paths: dict[str, Path]) -> loading.ReportInputs:
+    return loading.load_inputs(
         METHODS,
         paths["metrics"],
         paths["eval"],
@@ -222,21 +223,21 @@ def inputs_dir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def inputs(inputs_dir: dict[str, Path]) -> rp.ReportInputs:
+def inputs(inputs_dir: dict[str, Path]) -> loading.ReportInputs:
     return load(inputs_dir)
 
 
 @pytest.fixture(scope="module")
-def figures(inputs: rp.ReportInputs, inputs_dir: dict[str, Path]) -> list[rp.Figure]:
-    faces = rp.load_first_frames(inputs_dir["faces"], rp.ranked_clip_keys(inputs))
-    return rp.build_figures(inputs, faces)
+def figures(inputs: loading.ReportInputs, inputs_dir: dict[str, Path]) -> list[figs.Figure]:
+    faces = loading.load_first_frames(inputs_dir["faces"], loading.ranked_clip_keys(inputs))
+    return figs.build_figures(inputs, faces)
 
 
-def test_split_table_has_a_row_per_method_oracle_and_chance(inputs: rp.ReportInputs) -> None:
-    md = rp.summary_markdown(inputs, PROV)
+def test_split_table_has_a_row_per_method_oracle_and_chance(inputs: loading.ReportInputs) -> None:
+    md = document.summary_markdown(inputs, PROV)
     rows = _rows(md, "test_unseen (unseen-unheard)")
     header = rows.pop("method")
-    assert header[:8] == [c[0] for c in rp.MAIN_COLUMNS]
+    assert header[:8] == [c[0] for c in document.MAIN_COLUMNS]
     assert "EER U (lower is better)" in header
     assert list(rows) == ["alpha", "beta", "oracle", "chance"]
     # alpha: 1:2 V→F U, F→V U, V→F G, 1:10 V→F U, AUC U, EER U, mAP V→F, mAP F→V, fraction
@@ -249,19 +250,19 @@ def test_split_table_has_a_row_per_method_oracle_and_chance(inputs: rp.ReportInp
     assert "240 clips of 40 identities" in md and "104 clips of 52 identities" in md
 
 
-def test_oracle_fraction_is_the_share_of_the_oracle_margin(inputs: rp.ReportInputs) -> None:
-    rows = _rows(rp.summary_markdown(inputs, PROV), "test_unseen (unseen-unheard)")
+def test_oracle_fraction_is_the_share_of_the_oracle_margin(inputs: loading.ReportInputs) -> None:
+    rows = _rows(document.summary_markdown(inputs, PROV), "test_unseen (unseen-unheard)")
     for m in METHODS:
         expected = (HEADLINE[m] - 0.5) / (HEADLINE["oracle"] - 0.5)
         assert rows[m][-1] == f"{100 * expected:.1f}"
-    assert rp.oracle_fraction(0.72, 0.9, 0.5) == pytest.approx(0.55)
-    assert rp.oracle_fraction(0.3, 0.1, 0.5) == pytest.approx(0.5)  # EER: lower is better
-    assert rp.oracle_fraction(0.7, 0.5, 0.5) is None
-    assert rp.oracle_fraction(None, 0.9, 0.5) is None
+    assert document.oracle_fraction(0.72, 0.9, 0.5) == pytest.approx(0.55)
+    assert document.oracle_fraction(0.3, 0.1, 0.5) == pytest.approx(0.5)  # EER: lower is better
+    assert document.oracle_fraction(0.7, 0.5, 0.5) is None
+    assert document.oracle_fraction(None, 0.9, 0.5) is None
 
 
-def test_long_table_lists_every_protocol_and_constraint(inputs: rp.ReportInputs) -> None:
-    keys = rp.metric_keys(inputs, "test_unseen")
+def test_long_table_lists_every_protocol_and_constraint(inputs: loading.ReportInputs) -> None:
+    keys = loading.metric_keys(inputs, "test_unseen")
     assert keys[:4] == [
         ("match_1to2", "v2f", "U"),
         ("match_1to2", "v2f", "G"),
@@ -269,49 +270,49 @@ def test_long_table_lists_every_protocol_and_constraint(inputs: rp.ReportInputs)
         ("match_1to2", "f2v", "U"),
     ]
     assert ("verify_auc", "vf", "G") in keys and len(keys) == 12
-    md = rp.summary_markdown(inputs, PROV)
+    md = document.summary_markdown(inputs, PROV)
     assert "| 1:2 matching | V→F | N | 67.0 | 61.0 | 85.0 | 50.0 |" in md
     assert "| verification EER (lower is better) | V–F | U | 23.0 | 29.0 | 5.0 | 50.0 |" in md
 
 
-def test_training_corpus_and_best_method(inputs: rp.ReportInputs) -> None:
-    md = rp.summary_markdown(inputs, PROV)
+def test_training_corpus_and_best_method(inputs: loading.ReportInputs) -> None:
+    md = document.summary_markdown(inputs, PROV)
     assert _rows(md, "Training")["alpha"] == ["518", "3", "0.4224"]  # no speed: not a result
     corpus = _rows(md, "Corpus")
     assert corpus["train"] == ["2", "4", "–", "–"]
     assert corpus["test_unseen"] == ["6", "12", "6", "12"]
     assert "Dataset layout: synth. Manifest: 16 clips of 8 identities." in md
-    assert rp.best_method(inputs) == "alpha"
+    assert loading.best_method(inputs) == "alpha"
 
 
 def test_unavailable_oracle_is_said_and_its_columns_omitted(tmp_path: Path) -> None:
     paths = make_inputs(tmp_path, oracle=False)
     inputs = load(paths)
     assert inputs.oracle is None and "oracle" not in inputs.curves
-    md = rp.summary_markdown(inputs, PROV)
+    md = document.summary_markdown(inputs, PROV)
     assert "Oracle: not available (no ground truth for voxceleb2)" in md
     rows = _rows(md, "test_unseen (unseen-unheard)")
     assert list(rows) == ["method", "alpha", "beta", "chance"]
-    assert rp.FRACTION_HEADER not in md and len(rows["alpha"]) == len(rp.MAIN_COLUMNS)
+    assert document.FRACTION_HEADER not in md and len(rows["alpha"]) == len(document.MAIN_COLUMNS)
     assert "oracle" not in _rows(md, "Every protocol")["protocol"]
-    page = rp.summary_html(inputs, PROV)
+    page = document.summary_html(inputs, PROV)
     assert "<td>oracle</td>" not in page and "<th>oracle</th>" not in page
 
 
-def test_html_is_self_contained(inputs: rp.ReportInputs, figures: list[rp.Figure]) -> None:
-    page = rp.summary_html(inputs, PROV, figures)
+def test_html_is_self_contained(inputs: loading.ReportInputs, figures: list[figs.Figure]) -> None:
+    page = document.summary_html(inputs, PROV, figures)
     uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(uris) == len(figures) == 5  # curve, roc, loss, ranked x 2
     assert all(_png_rgb(base64.b64decode(u)).size for u in uris)
     assert not re.search(r'(?:href|src)\s*=\s*["\']?(?:https?:)?//', page)
     assert "<link" not in page and "<script" not in page
     assert "<td>alpha</td>" in page and '<td class="num">55.0</td>' in page
-    md = rp.summary_markdown(inputs, PROV, figures)
+    md = document.summary_markdown(inputs, PROV, figures)
     assert "![1:N matching curve (V→F, test_unseen, U)](figures/match_curve.png)" in md
     assert "(figures/ranked_alpha.png)" in md
 
 
-def test_figures_are_pngs_of_plausible_size(figures: list[rp.Figure]) -> None:
+def test_figures_are_pngs_of_plausible_size(figures: list[figs.Figure]) -> None:
     names = [f.name for f in figures]
     assert names[:3] == ["match_curve.png", "roc.png", "loss.png"]
     assert names[3:] == ["ranked_alpha.png", "ranked_beta.png"]  # the best method first
@@ -320,24 +321,24 @@ def test_figures_are_pngs_of_plausible_size(figures: list[rp.Figure]) -> None:
         assert 200 <= w <= 2000 and 150 <= h <= 2000, (f.name, w, h)
 
 
-def test_ranked_figure_frames_true_matches_green(inputs: rp.ReportInputs) -> None:
+def test_ranked_figure_frames_true_matches_green(inputs: loading.ReportInputs) -> None:
     faces = {k: np.full((48, 48, 3), FACE_RGB, np.uint8) for k in _face_keys()}
     entries = inputs.ranked["alpha"]
     n_true = sum(r["true"] for e in entries for r in e["ranked"])
     assert 0 < n_true < 15
-    marked = _green(_png_rgb(rp.ranked_png("alpha", entries, faces)))
+    marked = _green(_png_rgb(figs.ranked_png("alpha", entries, faces)))
     assert marked > 100 * n_true  # a thick frame around each true face
     none_true = [{**e, "ranked": [{**r, "true": False} for r in e["ranked"]]} for e in entries]
-    assert _green(_png_rgb(rp.ranked_png("alpha", none_true, faces))) == 0
+    assert _green(_png_rgb(figs.ranked_png("alpha", none_true, faces))) == 0
 
 
 def test_first_frame_of_each_clip_is_shown(inputs_dir: dict[str, Path]) -> None:
     keys = _face_keys()[:3]
-    faces = rp.load_first_frames(inputs_dir["faces"], keys)
+    faces = loading.load_first_frames(inputs_dir["faces"], keys)
     assert sorted(faces) == keys
     assert np.abs(faces[keys[0]].astype(int).mean(axis=(0, 1)) - FACE_RGB).max() < 8
     with pytest.raises(ValueError, match="no face frame"):
-        rp.load_first_frames(inputs_dir["faces"], ["id99/v0/0"])
+        loading.load_first_frames(inputs_dir["faces"], ["id99/v0/0"])
 
 
 def test_missing_inputs_raise_naming_the_file(tmp_path: Path) -> None:
@@ -349,13 +350,16 @@ def test_missing_inputs_raise_naming_the_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"aggregate/alpha\.json: not found"):
         load(paths)
     with pytest.raises(FileNotFoundError, match="faces-"):
-        rp.load_first_frames(tmp_path / "nowhere", ["x"])
+        loading.load_first_frames(tmp_path / "nowhere", ["x"])
 
 
 def test_write_report_is_atomic_and_deterministic(
-    inputs: rp.ReportInputs, figures: list[rp.Figure], inputs_dir: dict[str, Path], tmp_path: Path
+    inputs: loading.ReportInputs,
+    figures: list[figs.Figure],
+    inputs_dir: dict[str, Path],
+    tmp_path: Path,
 ) -> None:
-    written = rp.write_report(inputs, PROV, figures, tmp_path / "reports")
+    written = document.write_report(inputs, PROV, figures, tmp_path / "reports")
     assert [p.relative_to(tmp_path).as_posix() for p in written[-2:]] == [
         "reports/summary.md",
         "reports/summary.html",
@@ -363,11 +367,14 @@ def test_write_report_is_atomic_and_deterministic(
     assert sorted(p.name for p in (tmp_path / "reports").rglob("*")) == sorted(
         ["figures", *(f.name for f in figures), "summary.md", "summary.html"]
     )
-    again = rp.build_figures(
-        inputs, rp.load_first_frames(inputs_dir["faces"], rp.ranked_clip_keys(inputs))
+    again = figs.build_figures(
+        inputs, loading.load_first_frames(inputs_dir["faces"], loading.ranked_clip_keys(inputs))
     )
     assert [f.png for f in again] == [f.png for f in figures]
-    assert rp.summary_html(inputs, PROV, again) == (tmp_path / "reports/summary.html").read_text()
+    assert (
+        document.summary_html(inputs, PROV, again)
+        == (tmp_path / "reports/summary.html").read_text()
+    )
 
 
 def test_inputs_digest_follows_content_not_time(tmp_path: Path) -> None:
@@ -376,11 +383,11 @@ def test_inputs_digest_follows_content_not_time(tmp_path: Path) -> None:
     (d / "seeds" / "a.json").write_text('{"x": 1}\n')
     single = tmp_path / "trials.json"
     single.write_text("{}\n")
-    first = rp.inputs_digest([d, single, tmp_path / "absent.json"])
+    first = document.inputs_digest([d, single, tmp_path / "absent.json"])
     (d / "seeds" / "a.json").touch()  # a new mtime, same bytes
-    assert rp.inputs_digest([single, d]) == first and len(first) == 12
+    assert document.inputs_digest([single, d]) == first and len(first) == 12
     (d / "seeds" / "a.json").write_text('{"x": 2}\n')
-    assert rp.inputs_digest([d, single]) != first
+    assert document.inputs_digest([d, single]) != first
 
 
 @pytest.mark.slow
@@ -406,7 +413,7 @@ def test_stage_main_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "missing.json: not found" in capsys.readouterr().err
 
 
-def _with_intervals(paths: dict[str, Path], tied: bool) -> rp.ReportInputs:
+def _with_intervals(paths: dict[str, Path], tied: bool) -> loading.ReportInputs:
     """The fake inputs plus an aggregate leaf with intervals, probes, verdicts and a ceiling."""
     agg = paths["metrics"] / "aggregate"
     a = json.loads((agg / "alpha.json").read_text())
@@ -447,28 +454,28 @@ def _with_intervals(paths: dict[str, Path], tied: bool) -> rp.ReportInputs:
 
 def test_intervals_ties_ceiling_and_probes(tmp_path: Path) -> None:
     tied = _with_intervals(make_inputs(tmp_path / "t"), tied=True)
-    md = rp.summary_markdown(tied, PROV)
+    md = document.summary_markdown(tied, PROV)
     rows = _rows(md, "test_unseen (unseen-unheard)")
     assert rows["alpha"][0] == "72.0 ± 2.5" and rows["beta"][0] == "66.0"
-    assert rows[rp.CEILING][0] == "86.0" and rows[rp.CEILING][-1] == "90.0"
+    assert rows[document.CEILING][0] == "86.0" and rows[document.CEILING][-1] == "90.0"
     assert "tied for first: alpha 72.0, beta 66.0 — not distinguishable" in md
     assert "3 training seeds per method" in md
-    assert "Best by" not in md and rp.leaders(tied) == ["alpha", "beta"]
+    assert "Best by" not in md and loading.leaders(tied) == ["alpha", "beta"]
     assert "| 1:2 V→F U | alpha (top) | 72.0 | [69.5, 74.5] | [65.0, 79.0] |" in md
     assert "| 1:2 V→F U | beta | 66.0 | – | – | -6.0 [-12.0, 1.0] | not distinguishable |" in md
     probes = _rows(md, "Attribute probes")
     assert "| alpha | face | 0.97 ± 0.01 | – | – | – |" in md
     assert probes["alpha"] == ["voice", "0.99 ± 0.01", "–", "–", "–"]  # rounded to 2 places
-    assert probes[rp.CEILING] == ["face", "0.99", "–", "–", "–"]
+    assert probes[document.CEILING] == ["face", "0.99", "–", "–", "–"]
     assert probes["chance"][1] == "0.53"
     ahead = _with_intervals(make_inputs(tmp_path / "a"), tied=False)
-    md2 = rp.summary_markdown(ahead, PROV)
+    md2 = document.summary_markdown(ahead, PROV)
     assert "first: alpha 72.0, ahead of every other method at 95 %" in md2
-    assert "Behind: beta." in md2 and rp.leaders(ahead) == ["alpha"]
+    assert "Behind: beta." in md2 and loading.leaders(ahead) == ["alpha"]
     assert "| 1:2 V→F U | beta | 66.0 |" in md2 and "worse" in md2
 
 
-def test_warnings_section_and_trials_per_list(tmp_path: Path, inputs: rp.ReportInputs) -> None:
+def test_warnings_section_and_trials_per_list(tmp_path: Path, inputs: loading.ReportInputs) -> None:
     paths = make_inputs(tmp_path)
     trials = {
         "seed": 1,
@@ -481,12 +488,12 @@ def test_warnings_section_and_trials_per_list(tmp_path: Path, inputs: rp.ReportI
     _write(paths["trials"], trials)
     _write(tmp_path / "manifest.json", {"clips": 16, "warnings": ["few identities"]})
     _write(tmp_path / "faces.json", {"clips_out": 16})  # no warnings key: nothing to add
-    got = rp.load_inputs(
+    got = loading.load_inputs(
         METHODS, paths["metrics"], paths["eval"], paths["train"], paths["trials"],
         paths["manifest"], "synth", SEED, [tmp_path / "manifest.json", tmp_path / "faces.json"],
     )  # fmt: skip
     assert got.warnings == ("few identities", "no seen-heard test split")
-    md = rp.summary_markdown(got, PROV)
+    md = document.summary_markdown(got, PROV)
     lines = md.splitlines()
     head = lines.index("## Warnings: weak figures")
     body = [ln for ln in lines[head + 1 :] if ln.strip()][:2]
@@ -497,12 +504,12 @@ def test_warnings_section_and_trials_per_list(tmp_path: Path, inputs: rp.ReportI
         "constraint), 4000 verification pairs (one list per split and constraint); the same "
         "trials for every method and seed."
     ) in md
-    assert "Warnings: weak figures" in rp.summary_html(got, PROV)
+    assert "Warnings: weak figures" in document.summary_html(got, PROV)
     # Without warnings or per-list sizes neither is shown.
-    plain = rp.summary_markdown(inputs, PROV)
+    plain = document.summary_markdown(inputs, PROV)
     assert inputs.warnings == () and "Warnings" not in plain and "Trials per list" not in plain
     with pytest.raises(FileNotFoundError, match="absent.json"):
-        rp.load_inputs(
+        loading.load_inputs(
             METHODS, paths["metrics"], paths["eval"], paths["train"], paths["trials"],
             paths["manifest"], "synth", SEED, [tmp_path / "absent.json"],
         )  # fmt: skip

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import metrics
-from pipeline.stats import (
+from pipeline.evaluate import metrics
+from pipeline.evaluate.stats import (
     MatchStats,
     VerifyStats,
     identity_bootstrap,

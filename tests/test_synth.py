@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.media import read_audio, read_frames
+from pipeline.preprocess.media import read_audio, read_frames
 from pipeline.synth.corpus import face_look, plan_corpus, scene_of
 from pipeline.synth.face import mouth_window, render_face
 from pipeline.synth.people import FACE_PARAM_COLUMNS, VOICE_PARAM_COLUMNS, sample_identities
@@ -221,8 +221,8 @@ def test_another_seed_gives_another_corpus() -> None:
 def test_mtcnn_finds_one_face_and_vad_finds_speech(
     corpus: tuple[Path, pd.DataFrame, pd.DataFrame],
 ) -> None:
-    from pipeline.faces import DetectorConfig, FaceDetector
-    from pipeline.vad import VadConfig, frame_decisions
+    from pipeline.preprocess.detector import DetectorConfig, FaceDetector
+    from pipeline.preprocess.vad import VadConfig, frame_decisions
 
     root, clips, _ = corpus
     det = FaceDetector(DetectorConfig(40, (0.6, 0.7, 0.7), 0.709, 32))

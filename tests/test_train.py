@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.evaluate import Embeddings, quick_match
-from pipeline.methods.bipseudo import BiPseudo
-from pipeline.methods.cid import CID
-from pipeline.methods.cmpc import CMPC
-from pipeline.methods.wen2021 import Wen2021
-from pipeline.pairs import PairData, sample_batch
+from pipeline.evaluate.scoring import Embeddings, quick_match
 from pipeline.params import BipseudoSection, CidSection, CmpcSection, Wen2021Section
 from pipeline.train.loop import TrainConfig, embed_clips, train
+from pipeline.train.methods.bipseudo import BiPseudo
+from pipeline.train.methods.cid import CID
+from pipeline.train.methods.cmpc import CMPC
+from pipeline.train.methods.wen2021 import Wen2021
+from pipeline.train.pairs import PairData, sample_batch
 
 
 def toy_pairs(n_ids: int = 12, clips_per_id: int = 4, seed: int = 0) -> PairData:
@@ -174,7 +174,9 @@ def test_a_finished_run_is_reused_and_a_foreign_checkpoint_ignored(tmp_path: Pat
 
 
 def _method(name: str, data: PairData) -> tuple[torch.nn.Module, object]:
-    torch.manual_seed(3)  # the classifier's init, as pipeline.methods.registry.build_method does
+    torch.manual_seed(
+        3
+    )  # the classifier's init, as pipeline.train.methods.registry.build_method does
     if name == "cmpc":
         cp = CmpcSection(
             tau=0.2, clusters=[4, 8], start_epoch=1, every_epochs=2, memory_momentum=0.5,

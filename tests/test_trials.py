@@ -7,8 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.schema import SchemaError
-from pipeline.trials import (
+from pipeline.evaluate.trials import (
     GENERATOR_VERSION,
     TrialSpec,
     generate_trials,
@@ -16,6 +15,7 @@ from pipeline.trials import (
     read_trials,
     write_trials,
 )
+from pipeline.schema import SchemaError
 from stages.trials import enough_clips, trial_warnings
 
 NATIONS = ("USA", "UK", "India")

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.faces import DetectorConfig, FaceDetector
-from pipeline.media import read_audio, read_frames
+from pipeline.preprocess.detector import DetectorConfig, FaceDetector
+from pipeline.preprocess.media import read_audio, read_frames
+from pipeline.preprocess.vad import VadConfig, frame_decisions
 from pipeline.schema import SYNTH_CLIPS, read_table
-from pipeline.vad import VadConfig, frame_decisions
 
 _detector: FaceDetector | None = None
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from pipeline.atomic import atomic_path
-from pipeline.jpeg import decode_jpeg
+from pipeline.preprocess.jpeg import decode_jpeg
 from pipeline.schema import FACE_FRAMES, FAILURES, VOICE_FEATURES, TableSchema, read_table
 from pipeline.tool.embed import ToolError
 

@@ -1,16 +1,17 @@
 """Embed a researcher's own files with a trained ``model.pt``, preprocessed as the stages do.
 
-- Videos: the faces stage's :func:`~pipeline.facetrack.face_shard` (frames sampled at
+- Videos: the faces stage's :func:`~pipeline.preprocess.face_tracks.face_shard` (frames sampled at
   ``face.rate_fps``, MTCNN, the clip's face track, crops stored as JPEG) and the voice stage's
-  :func:`~pipeline.features.voice_shard` (VAD, log-mel features stored as float16) run on them
-  as they run on a shard of the corpus, into a temporary folder.
-- Face images: the same detector, track choice and crop (:func:`~pipeline.facetrack.select_track`,
-  :func:`~pipeline.facetrack.crop_face`), the crop passed through the stage's JPEG encoding; with
-  ``aligned`` the image is taken as the face crop itself.
+  :func:`~pipeline.preprocess.voice_features.voice_shard` (VAD, log-mel features stored as float16)
+  run on them as they run on a shard of the corpus, into a temporary folder.
+- Face images: the same detector, track choice and crop
+  (:func:`~pipeline.preprocess.face_tracks.select_track`,
+  :func:`~pipeline.preprocess.face_tracks.crop_face`), the crop passed through the stage's JPEG
+  encoding; with ``aligned`` the image is taken as the face crop itself.
 - Audio files: the voice stage's path alone.
 
-Crops and features then become tensors as :mod:`pipeline.pairs` makes them for evaluation (crops
-resized to ``train.face_size_px``) and are embedded by the evaluation's code
+Crops and features then become tensors as :mod:`pipeline.train.pairs` makes them for evaluation
+(crops resized to ``train.face_size_px``) and are embedded by the evaluation's code
 (:func:`~pipeline.train.loop.embed_faces`, :func:`~pipeline.train.loop.embed_voices`): a face is
 the mean over its frames and their mirror images, a voice one pass over its whole speech.
 """
@@ -30,14 +31,20 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from pipeline.facetrack import FaceConfig, _detector, crop_face, face_shard, select_track
-from pipeline.features import VoiceConfig, features_of, voice_shard
-from pipeline.jpeg import decode_jpeg, encode_jpeg
-from pipeline.manifest import AUDIO_EXTS, IMAGE_EXTS, VIDEO_EXTS
 from pipeline.params import MethodName, ParamsError, load_params
+from pipeline.preprocess.face_tracks import (
+    FaceConfig,
+    _detector,
+    crop_face,
+    face_shard,
+    select_track,
+)
+from pipeline.preprocess.jpeg import decode_jpeg, encode_jpeg
+from pipeline.preprocess.manifest import AUDIO_EXTS, IMAGE_EXTS, VIDEO_EXTS
+from pipeline.preprocess.shards import ClipRef, ShardResult
+from pipeline.preprocess.voice_features import VoiceConfig, features_of, voice_shard
 from pipeline.schema import FACE_FRAMES, VOICE_FEATURES, SchemaError, TableSchema, read_table
 from pipeline.schema import write_table as _write_table
-from pipeline.shard import ClipRef, ShardResult
 from pipeline.train.loop import (
     Encoders,
     ModelFileError,
@@ -204,7 +211,7 @@ class Prepared:
 
 
 def _resized(img: np.ndarray, size: int) -> np.ndarray:
-    """A crop at ``size`` px, as :func:`pipeline.pairs.load_pairs` resizes stored crops."""
+    """A crop at ``size`` px, as :func:`pipeline.train.pairs.load_pairs` resizes stored crops."""
     if img.shape[0] == size and img.shape[1] == size:
         return img
     return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR))

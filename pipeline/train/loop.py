@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline import encoders as encoders_module
-from pipeline import methods as methods_package
-from pipeline import pairs as pairs_module
 from pipeline.atomic import atomic_path
-from pipeline.encoders import build_face_encoder, build_head, build_voice_encoder
-from pipeline.pairs import PairData, sample_batch
+from pipeline.train import encoders as encoders_module
+from pipeline.train import methods as methods_package
+from pipeline.train import pairs as pairs_module
+from pipeline.train.encoders import build_face_encoder, build_head, build_voice_encoder
+from pipeline.train.pairs import PairData, sample_batch
 
 
 @dataclass(frozen=True)
@@ -231,8 +231,8 @@ PhaseResult = tuple[Encoders, list[dict[str, float]], dict[str, Any]]
 
 @dataclass(frozen=True)
 class Run:
-    """One method's training as its phases see it (:mod:`pipeline.methods.registry`): the data,
-    the config, the state folder (each phase checkpoints in ``state/<phase>``), the device,
+    """One method's training as its phases see it (:mod:`pipeline.train.methods.registry`): the
+    data, the config, the state folder (each phase checkpoints in ``state/<phase>``), the device,
     ``rebuild`` (a fresh method module, seeded as the first one) and the progress callback."""
 
     data: PairData

@@ -6,7 +6,7 @@ here is stated.
 
 - **Cross-modal weighted residual network**: both encoders end in one residual block whose
   weights are shared by the two modalities, ``ẑ = normalise(z + α ⊙ g(z))``, ``g`` = FC–BN–ReLU–FC,
-  ``α`` a learned per-channel weight (:class:`pipeline.encoders.SharedResidual`, selected by
+  ``α`` a learned per-channel weight (:class:`pipeline.train.encoders.SharedResidual`, selected by
   :attr:`BiPseudo.head`; evaluation embeds through it too).
 - **Bi-pseudo labels**: from epoch ``start_epoch`` and every ``every_epochs``, faiss k-means on
   each modality's embeddings at several K (``clusters``). Choice: the embeddings are a per-clip
@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from pipeline.methods.clusters import ClusteredMemories, Clustering
-from pipeline.methods.common import symmetric_info_nce
 from pipeline.params import BipseudoSection
+from pipeline.train.methods.clusters import ClusteredMemories, Clustering
+from pipeline.train.methods.common import symmetric_info_nce
 
 if TYPE_CHECKING:
-    from pipeline.pairs import PairData
     from pipeline.params import TrainParams
+    from pipeline.train.pairs import PairData
 
 
 class BiPseudo(ClusteredMemories):

@@ -5,7 +5,7 @@ Symmetric InfoNCE between the modalities with in-batch negatives
 ``l_i(v→f) = −log softmax_j(⟨v̂_i, f̂_j⟩/τ)[i]``, likewise ``f→v``; the loss is the mean of both
 directions over the batch. No labels are used. τ = 0.03 in CMPC's setting. CMPC with its
 prototype and recalibration parts switched off reduces to this same code path
-(:func:`pipeline.methods.common.info_nce_loss`).
+(:func:`pipeline.train.methods.common.info_nce_loss`).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pipeline.methods.common import info_nce_loss
 from pipeline.params import CidSection
+from pipeline.train.methods.common import info_nce_loss
 
 if TYPE_CHECKING:
-    from pipeline.pairs import PairData
     from pipeline.params import TrainParams
+    from pipeline.train.pairs import PairData
 
 
 class CID(torch.nn.Module):
@@ -39,5 +39,5 @@ class CID(torch.nn.Module):
 
 
 def build(params: CidSection, train: TrainParams, data: PairData, seed: int) -> CID:
-    """The registry's builder (:mod:`pipeline.methods.registry`)."""
+    """The registry's builder (:mod:`pipeline.train.methods.registry`)."""
     return CID(params)

@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import metrics
-from pipeline.oracle import clip_parameters, fit_oracle
-from pipeline.pairs import load_pairs
+from pipeline.evaluate import metrics
+from pipeline.evaluate.oracle import clip_parameters, fit_oracle
+from pipeline.evaluate.trials import TrialSpec, generate_trials
 from pipeline.schema import (
     FACE_FRAMES,
     MANIFEST,
@@ -34,7 +34,7 @@ from pipeline.schema import (
     read_table,
 )
 from pipeline.train.loop import Encoders, embed_clips
-from pipeline.trials import TrialSpec, generate_trials
+from pipeline.train.pairs import load_pairs
 
 EVAL_SPLITS = ("test_unseen", "test_seen")
 CHANCE = {"match_1to2": 0.5, "match_1to10": 0.1, "verify_auc": 0.5, "verify_eer": 0.5}
@@ -142,7 +142,8 @@ def _match_index(emb: Embeddings, g: pd.DataFrame) -> tuple[np.ndarray, list[np.
 def _credit_1to2(
     emb: Embeddings, direction: str, probes: np.ndarray, cands: list[np.ndarray]
 ) -> np.ndarray:
-    """Per match trial, the 1:2 credit on its first two candidates (:mod:`pipeline.metrics`)."""
+    """Per match trial, the 1:2 credit on its first two candidates
+    (:mod:`pipeline.evaluate.metrics`)."""
     probe_emb, cand_emb = _sides(emb, direction)
     pairs = np.array([[p, c[0], c[1]] for p, c in zip(probes, cands, strict=True)])
     credit: np.ndarray = metrics.matching_credit(probe_emb, cand_emb, pairs)[:, 0]
@@ -175,11 +176,11 @@ def quick_match(
     constraints: tuple[str, ...] = ("U", "G"),
     direction: str = "v2f",
 ) -> dict[str, float | None]:
-    """1:2 accuracy per constraint on trials drawn by :func:`pipeline.trials.generate_trials`
-    (``n_match`` trials of two candidates, from ``seed``) over ``split``'s clips that have
-    embeddings. ``clips``: manifest-like rows (the trial generator's columns). A constraint
-    the split cannot make trials for (e.g. one person of some gender under ``G``, or a split
-    of fewer than two identities) is None."""
+    """1:2 accuracy per constraint on trials drawn by
+    :func:`pipeline.evaluate.trials.generate_trials` (``n_match`` trials of two candidates, from
+    ``seed``) over ``split``'s clips that have embeddings. ``clips``: manifest-like rows (the trial
+    generator's columns). A constraint the split cannot make trials for (e.g. one person of some
+    gender under ``G``, or a split of fewer than two identities) is None."""
     part = clips[(clips["split"] == split) & clips["clip_key"].isin(emb.clip_keys)]
     if part["identity"].nunique() < 2:
         return dict.fromkeys(constraints)

@@ -1,10 +1,10 @@
 """The media ceiling: privileged (attribute-supervised) but media-based voice-face matching.
 
-The parameter oracle (:mod:`pipeline.oracle`) reads the synthetic corpus's rendering parameters,
-which no method could see. This ceiling sees only what the methods see, the training split's face
-crops and log-mel features (:func:`pipeline.pairs.load_pairs`), but is *told* each clip's latent
-attributes (:mod:`pipeline.attributes`): it bounds what an encoder that recovers the shared
-latents from the media achieves.
+The parameter oracle (:mod:`pipeline.evaluate.oracle`) reads the synthetic corpus's rendering
+parameters, which no method could see. This ceiling sees only what the methods see, the training
+split's face crops and log-mel features (:func:`pipeline.train.pairs.load_pairs`), but is *told*
+each clip's latent attributes (:mod:`pipeline.evaluate.attributes`): it bounds what an encoder that
+recovers the shared latents from the media achieves.
 
 - Each modality's default encoder (``build_face_encoder`` / ``build_voice_encoder``) gets a
   multi-task head (ReLU, linear) predicting ``[gender logit, nationality logits (K), age,
@@ -16,9 +16,9 @@ latents from the media achieves.
   free constant removed): the face side averages the predictions of every frame and its mirror
   image (as :func:`pipeline.train.loop.embed_clips` averages embeddings), the voice side reads
   the whole utterance.
-- The voice-to-face map is the oracle's (:func:`pipeline.oracle.fit_oracle`): both sides z-scored
-  with training statistics, a ridge map fitted on the training clips' predictions, the face side
-  the z-scored face prediction, cosine score.
+- The voice-to-face map is the oracle's (:func:`pipeline.evaluate.oracle.fit_oracle`): both sides
+  z-scored with training statistics, a ridge map fitted on the training clips' predictions, the face
+  side the z-scored face prediction, cosine score.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pipeline.encoders import build_face_encoder, build_voice_encoder
-from pipeline.evaluate import Embeddings
-from pipeline.oracle import Oracle, fit_oracle
-from pipeline.pairs import PairData, sample_batch
-from pipeline.probes import embedding_probes, r2_score
+from pipeline.evaluate.oracle import Oracle, fit_oracle
+from pipeline.evaluate.probes import embedding_probes, r2_score
+from pipeline.evaluate.scoring import Embeddings
+from pipeline.train.encoders import build_face_encoder, build_voice_encoder
+from pipeline.train.pairs import PairData, sample_batch
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,8 @@ def _z_stats(values: np.ndarray) -> tuple[float, float]:
 
 
 def make_targets(attrs: pd.DataFrame) -> Targets:
-    """Training labels from attribute rows (:func:`pipeline.attributes.clip_attributes` rows in
-    the training clips' order)."""
+    """Training labels from attribute rows (:func:`pipeline.evaluate.attributes.clip_attributes`
+    rows in the training clips' order)."""
     gender = attrs["gender"].map({"m": 1, "f": 0}).fillna(-1).to_numpy(dtype=np.int64)
     nats = sorted({str(v) for v in attrs["nationality"].dropna()})
     index = {k: i for i, k in enumerate(nats)}

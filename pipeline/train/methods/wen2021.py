@@ -38,8 +38,8 @@ from pipeline.params import Wen2021Section
 from pipeline.train.loop import PhaseResult, Run
 
 if TYPE_CHECKING:
-    from pipeline.pairs import PairData
     from pipeline.params import TrainParams
+    from pipeline.train.pairs import PairData
 
 LOCAL_MARGIN = 3.4  # the published code's constant inside the log
 PUBLISHED_EMPTY_BATCH = 1e-3  # the released code: batch weights summing below this get + 1

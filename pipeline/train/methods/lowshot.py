@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.methods.common import info_nce_loss
+from pipeline.train.methods.common import info_nce_loss
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.faces import Detections, DetectorConfig, FaceDetector
-from pipeline.jpeg import encode_jpeg
-from pipeline.media import read_face_frames
+from pipeline.preprocess.detector import Detections, DetectorConfig, FaceDetector
+from pipeline.preprocess.jpeg import encode_jpeg
+from pipeline.preprocess.media import read_face_frames
+from pipeline.preprocess.shards import ClipRef, ShardResult, decode_each
 from pipeline.schema import FACE_FRAMES, write_table
-from pipeline.shard import ClipRef, ShardResult, decode_each
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Print the report's headline: ``python -m pipeline.headline`` (the last step of ``make demo``).
+"""Print the report's headline: ``python -m pipeline.evaluate.headline`` (the last step of ``make
+demo``).
 
 Reads the aggregate stage's ``headline.json`` (per model, test_unseen, no constraint: the mean
 over seeds, and the 95 % half-width of 1:2 V->F) and, when present, ``verdicts.json``'s paired

@@ -3,13 +3,13 @@
 The paper's equations (the default, ``published_code=False``):
 
 - **Memory bank**: one row per training video and modality, ``m ← normalise(0.5 m + 0.5 ẑ)``
-  after every batch (:class:`~pipeline.methods.clusters.MemoryBank`).
+  after every batch (:class:`~pipeline.train.methods.clusters.MemoryBank`).
 - **Clustering** (per-epoch hook): from epoch ``start_epoch`` and then every ``every_epochs``,
   faiss k-means on each modality's memory separately at R granularities ``clusters`` (the paper:
   500/1000/1500 for ~18k videos), with a concentration ``φ`` per cluster
-  (:func:`~pipeline.methods.clusters.concentration`).
+  (:func:`~pipeline.train.methods.clusters.concentration`).
 - **Instance contrast**: ``l_inst`` = the ``cid`` InfoNCE, the same code path
-  (:func:`~pipeline.methods.common.cross_modal_info_nce`).
+  (:func:`~pipeline.train.methods.common.cross_modal_info_nce`).
 - **Cross-modal prototype contrast**: anchor ``â_i`` of modality A against the prototypes of
   modality B of the batch's items: ``l_proto,i = mean_r −log softmax_j(⟨â_i, c^B_{r,k(j)}⟩ /
   φ^B_{r,k(j)})[i]``, both directions.
@@ -54,13 +54,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from pipeline.methods.clusters import ClusteredMemories, Clustering, concentration
-from pipeline.methods.common import symmetric_info_nce, two_way_loss
 from pipeline.params import CmpcSection
+from pipeline.train.methods.clusters import ClusteredMemories, Clustering, concentration
+from pipeline.train.methods.common import symmetric_info_nce, two_way_loss
 
 if TYPE_CHECKING:
-    from pipeline.pairs import PairData
     from pipeline.params import TrainParams
+    from pipeline.train.pairs import PairData
 
 PUBLISHED_PROTO_DIVISOR = 4  # entries of the released code's clustering-result dict
 

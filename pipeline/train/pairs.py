@@ -16,8 +16,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from pipeline.features import features_of
-from pipeline.jpeg import decode_jpeg
+from pipeline.preprocess.jpeg import decode_jpeg
+from pipeline.preprocess.voice_features import features_of
 from pipeline.schema import FACE_FRAMES, MANIFEST, VOICE_FEATURES, read_table
 
 

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.methods import bipseudo, cid, cmpc, wen2021
-from pipeline.pairs import PairData
 from pipeline.params import Params, TrainParams
 from pipeline.train.loop import PhaseResult, Run, TrainConfig, single_phase
+from pipeline.train.methods import bipseudo, cid, cmpc, wen2021
+from pipeline.train.pairs import PairData
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Method:
     attribute of :class:`~pipeline.params.Params` holding its params (the model the builder
     takes); ``build(section, train params, training data, seed)``: the loss module; ``phases(run,
     module, section)``: its training (default one run in ``state/main``); ``head``: the head both
-    encoders end in (:func:`pipeline.encoders.build_head`)."""
+    encoders end in (:func:`pipeline.train.encoders.build_head`)."""
 
     name: str
     section: str

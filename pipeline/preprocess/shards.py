@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from pipeline.isolate import CallTimeout, ChildDied, shared
-from pipeline.media import MediaError
+from pipeline.preprocess.isolate import CallTimeout, ChildDied, shared
+from pipeline.preprocess.media import MediaError
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """Linear attribute probes: how much of each latent attribute an embedding carries linearly.
 
-Per attribute (:data:`pipeline.attributes.ATTRIBUTES`), a probe is fitted on the training clips'
-embeddings and scored on the test clips':
+Per attribute (:data:`pipeline.evaluate.attributes.ATTRIBUTES`), a probe is fitted on the training
+clips' embeddings and scored on the test clips':
 
 - ``gender``, ``nationality``: L2-regularised multinomial logistic regression on features
   standardised with the training statistics, minimising
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.attributes import CATEGORICAL, CONTINUOUS
+from pipeline.evaluate.attributes import CATEGORICAL, CONTINUOUS
 
 MIN_TRAIN = 10
 MIN_TEST = 4
@@ -171,7 +171,7 @@ def attribute_probes(
     l2: float = 1e-2,
 ) -> dict[str, Any]:
     """Every attribute's probe: ``{attribute: {...}}`` for the attributes of
-    :mod:`pipeline.attributes` (a column absent from ``*_attrs`` is unavailable).
+    :mod:`pipeline.evaluate.attributes` (a column absent from ``*_attrs`` is unavailable).
 
     ``train_attrs`` / ``test_attrs`` rows are aligned with ``train_x`` / ``test_x`` rows.
     """

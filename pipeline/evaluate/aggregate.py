@@ -10,9 +10,9 @@ and its per-trial outcomes (:data:`pipeline.schema.OUTCOMES`). Output:
   (``boot95_low``, ``boot95_high``), which exists for a single seed too;
 - the verdicts: every method against the reference (``cid``) and against the method with the
   highest mean, on each bootstrapped metric: the paired difference, its 95 % interval and
-  better / worse / not distinguishable (:mod:`pipeline.stats`); the methods tied for first (the
-  top one and every method not distinguishable from it); each low-shot model against the method it
-  was fine-tuned from.
+  better / worse / not distinguishable (:mod:`pipeline.evaluate.stats`); the methods tied for first
+  (the top one and every method not distinguishable from it); each low-shot model against the method
+  it was fine-tuned from.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.schema import OUTCOMES, read_table
-from pipeline.stats import (
+from pipeline.evaluate.stats import (
     MatchStats,
     PairedDifference,
     Stats,
@@ -35,6 +34,7 @@ from pipeline.stats import (
     paired_difference,
     seed_interval,
 )
+from pipeline.schema import OUTCOMES, read_table
 
 #: Metrics that get an identity bootstrap and paired verdicts: (protocol in the metrics file,
 #: protocol in the outcomes table). Every direction, constraint and split present is covered.

@@ -2,11 +2,12 @@
 
 decord has been reported to hang in native code on damaged files; a hang inside the stage's own
 worker would freeze the whole stage. :class:`Isolated` keeps one plain child interpreter
-(``python -m pipeline.isolate``, which imports only what the called functions need) and talks to
-it over pipes. When a call overruns its timeout the child is killed and :class:`CallTimeout` is
-raised; when the child dies (a crash in native code), :class:`ChildDied`. The next call starts a
-fresh child. A plain subprocess, unlike ``fork``, is safe from a multi-threaded parent, and unlike
-``spawn``/``forkserver`` it does not re-import the parent's main module.
+(``python -m pipeline.preprocess.isolate``, which imports only what the called functions need) and
+talks to it over pipes. When a call overruns its timeout the child is killed and
+:class:`CallTimeout` is raised; when the child dies (a crash in native code), :class:`ChildDied`.
+The next call starts a fresh child. A plain subprocess, unlike ``fork``, is safe from a
+multi-threaded parent, and unlike ``spawn``/``forkserver`` it does not re-import the parent's main
+module.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class Isolated:
         if self._proc is None or self._proc.poll() is not None:
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.isolate"],
+                [sys.executable, "-m", "pipeline.preprocess.isolate"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=env,

@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.media import read_audio
+from pipeline.preprocess.media import read_audio
+from pipeline.preprocess.shards import ClipRef, ShardResult, decode_each
+from pipeline.preprocess.vad import VadConfig, frame_decisions, speech_segments
 from pipeline.schema import VOICE_FEATURES, write_table
-from pipeline.shard import ClipRef, ShardResult, decode_each
-from pipeline.vad import VadConfig, frame_decisions, speech_segments
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,7 @@ class MatchStats:
 
 def weighted_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """ROC AUC (Mann–Whitney, ties count one half) with per-pair weights; ``weights`` is (B, P)
-    for B replicates at once. Equals :func:`pipeline.metrics.roc_auc` for unit weights."""
+    for B replicates at once. Equals :func:`pipeline.evaluate.metrics.roc_auc` for unit weights."""
     w = np.atleast_2d(weights).astype(np.float64)
     y = labels.astype(bool)
     order = np.argsort(scores, kind="stable")

@@ -1,7 +1,7 @@
 """The oracle: a voice-face scorer that reads the corpus's ground-truth rendering parameters.
 
 It is the ceiling a learned method is compared with on the synthetic corpus (the ``oracle`` stage
-scores it on the stored trials, :func:`pipeline.evaluate.oracle_embeddings`). Both sides are
+scores it on the stored trials, :func:`pipeline.evaluate.scoring.oracle_embeddings`). Both sides are
 z-scored with training statistics; a ridge-regression map, fitted on training identities, predicts
 the face parameters from the voice parameters; a voice and a face score the cosine between the
 predicted and the actual face parameters. Nothing here is read by any training stage.
