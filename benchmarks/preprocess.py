@@ -33,6 +33,7 @@ from pipeline.preprocess.vad import VadConfig, frame_decisions, speech_segments
 from pipeline.preprocess.voice_features import FeatureConfig, log_mel
 from pipeline.schema import MANIFEST, read_table, write_table
 
+KINDS = ("faces", "voice")
 _DET: FaceDetector | None = None
 
 
@@ -83,7 +84,11 @@ def main(argv: list[str] | None = None) -> None:
         "--clips", default="200,960", help="two workload sizes (clips), small then large"
     )
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument(
+        "--only", choices=KINDS, action="append", help="measure this stage only (repeatable)"
+    )
     args = ap.parse_args(argv)
+    kinds = tuple(k for k in KINDS if k in (args.only or KINDS))
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from stages._runtime import prefect_api, task_runner, workers
     from stages.faces import face_config, faces_flow
@@ -119,27 +124,32 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 sub = write_table(manifest, Path(tmp) / f"clips{n}.parquet", MANIFEST)
                 r: dict[str, Any] = {"clips": len(paths), "media_s": round(media_s, 1)}
-                t0 = time.perf_counter()
-                jobs = [
-                    (c, fcfg.detector, fcfg.rate_fps) for c in _chunks(paths, p.face.shard_clips)
-                ]
-                r["bare_frames_with_face"] = int(sum(pool.map(_bare_faces, jobs, chunksize=1)))
-                r["bare_face_s"] = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                rep = faces_flow.with_options(task_runner=task_runner())(
-                    str(sub), str(root), p.face, f"{tmp}/faces{n}"
-                )
-                r["faces_stage_s"] = time.perf_counter() - t0
-                r["stage_frames_with_face"] = rep["frames_with_face"]
-                t0 = time.perf_counter()
-                jobs_v = [(c, vcfg.vad, vcfg.features) for c in _chunks(paths, p.voice.shard_clips)]
-                pool.map(_bare_voice, jobs_v, chunksize=1)
-                r["bare_voice_s"] = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                voice_flow.with_options(task_runner=task_runner())(
-                    str(sub), str(root), p.voice, f"{tmp}/voice{n}"
-                )
-                r["voice_stage_s"] = time.perf_counter() - t0
+                if "faces" in kinds:
+                    t0 = time.perf_counter()
+                    jobs = [
+                        (c, fcfg.detector, fcfg.rate_fps)
+                        for c in _chunks(paths, p.face.shard_clips)
+                    ]
+                    r["bare_frames_with_face"] = int(sum(pool.map(_bare_faces, jobs, chunksize=1)))
+                    r["bare_face_s"] = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    rep = faces_flow.with_options(task_runner=task_runner())(
+                        str(sub), str(root), p.face, f"{tmp}/faces{n}"
+                    )
+                    r["faces_stage_s"] = time.perf_counter() - t0
+                    r["stage_frames_with_face"] = rep["frames_with_face"]
+                if "voice" in kinds:
+                    t0 = time.perf_counter()
+                    jobs_v = [
+                        (c, vcfg.vad, vcfg.features) for c in _chunks(paths, p.voice.shard_clips)
+                    ]
+                    pool.map(_bare_voice, jobs_v, chunksize=1)
+                    r["bare_voice_s"] = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    voice_flow.with_options(task_runner=task_runner())(
+                        str(sub), str(root), p.voice, f"{tmp}/voice{n}"
+                    )
+                    r["voice_stage_s"] = time.perf_counter() - t0
                 runs.append({k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()})
     out["runs"] = runs
     small, large = runs[0], runs[-1]
@@ -147,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
         ("faces", "bare_face_s", "faces_stage_s"),
         ("voice", "bare_voice_s", "voice_stage_s"),
     ):
+        if kind not in kinds:
+            continue
         out[f"{kind}_stage_clip_s_per_s"] = round(large["media_s"] / large[stage], 1)
         out[f"{kind}_bare_clip_s_per_s"] = round(large["media_s"] / large[bare], 1)
         out[f"{kind}_stage_vs_bare"] = round(large[bare] / large[stage], 3)
@@ -155,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
             (large[bare] - small[bare]) / (large[stage] - small[stage]), 3
         )
     print(json.dumps(out, indent=2))
-    for kind in ("faces", "voice"):
+    for kind in kinds:
         print(
             f"{kind}: stage {out[f'{kind}_stage_clip_s_per_s']} clip-s/s vs bare "
             f"{out[f'{kind}_bare_clip_s_per_s']} clip-s/s on {large['clips']} clips -> "

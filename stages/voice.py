@@ -1,8 +1,9 @@
 """DVC stage ``voice``: speech segments and log-mel features of every clip, as Parquet shards.
 
-Decodes each clip's audio to 16 kHz mono with decord (isolated child process, timeout), finds
-speech with webrtcvad plus an energy gate and padded hysteresis, and computes the front end's
-features over the speech only. Audio-only inputs (VoxCeleb1 wav, m4a) take this path alone.
+Decodes each clip's audio to 16 kHz mono with decord and finds speech with webrtcvad plus an
+energy gate and padded hysteresis, both in an isolated child process (timeout) per shard thread,
+then computes the front end's features over the speech only. Audio-only inputs (VoxCeleb1 wav,
+m4a) take this path alone.
 """
 
 from __future__ import annotations

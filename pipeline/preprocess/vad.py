@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import webrtcvad
 
+from pipeline.preprocess.media import read_audio
+
 
 @dataclass(frozen=True)
 class VadConfig:
@@ -47,18 +49,44 @@ def frame_decisions(audio: np.ndarray, sample_rate_hz: int, cfg: VadConfig) -> n
     raw &= level_db > ref - cfg.energy_gate_db
     if cfg.padding_ms == 0:
         return raw
-    w = cfg.padding_ms // cfg.frame_ms
-    out = np.zeros(count, dtype=bool)
-    triggered = False
-    for i in range(count):
-        window = raw[max(0, i - w + 1) : i + 1]
-        frac = window.mean()
-        if not triggered and frac > 0.9:
-            triggered = True
-            out[max(0, i - w + 1) : i + 1] = True
-        elif triggered and frac < 0.1:
-            triggered = False
-        out[i] = out[i] or triggered
+    return hysteresis(raw, cfg.padding_ms // cfg.frame_ms)
+
+
+def hysteresis(raw: np.ndarray, w: int) -> np.ndarray:
+    """Padded hysteresis over per-frame flags (bool, (F,)) with a trailing window of ``w`` frames.
+
+    Frame ``i``'s window is the ``L = min(i + 1, w)`` frames ending at ``i``, ``c`` of them
+    flagged. Untriggered, a window more than 90 % flagged (``10 c > 9 L``) triggers: the whole
+    window becomes speech. Triggered, a window less than 10 % flagged (``10 c < L``) ends it;
+    every frame in between is speech. Integer counts, so no rounding: these are exactly the
+    py-webrtcvad example's ``mean > 0.9`` / ``mean < 0.1`` tests on a ring buffer.
+
+    Vectorised: a frame is triggered when the latest on- or off-candidate at or before it is an
+    on-candidate (the two kinds never coincide), and each run of triggered frames back-fills
+    the window of the frame that started it.
+    """
+    if w < 1:
+        raise ValueError(f"hysteresis window must be at least 1 frame, got {w}")
+    flags = np.asarray(raw, dtype=bool)
+    count = len(flags)
+    if count == 0:
+        return np.zeros(0, dtype=bool)
+    idx = np.arange(count)
+    csum = np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
+    start = np.maximum(idx - w + 1, 0)
+    c = csum[idx + 1] - csum[start]
+    length = idx + 1 - start
+    on = 10 * c > 9 * length
+    off = 10 * c < length
+    # Index of the latest candidate (either kind) at or before each frame; -1 if none yet.
+    latest = np.maximum.accumulate(np.where(on | off, idx, -1))
+    triggered = (latest >= 0) & on[np.maximum(latest, 0)]
+    # A frame starts a triggered run when the frame before it was not triggered.
+    rises = np.flatnonzero(triggered & ~np.concatenate([[False], triggered[:-1]]))
+    # Back-fill each rise's window [start, rise] with a difference array.
+    n = count + 1
+    edges = np.bincount(start[rises], minlength=n) - np.bincount(rises + 1, minlength=n)
+    out: np.ndarray = triggered | (np.cumsum(edges[:count]) > 0)
     return out
 
 
@@ -69,3 +97,24 @@ def speech_segments(flags: np.ndarray, frame_ms: int) -> list[tuple[float, float
     starts = np.flatnonzero(d == 1) * frame_ms / 1000
     ends = np.flatnonzero(d == -1) * frame_ms / 1000
     return [(float(a), float(b)) for a, b in zip(starts, ends, strict=True)]
+
+
+def read_speech(
+    path: str, sample_rate_hz: int, cfg: VadConfig
+) -> tuple[int, list[tuple[float, float]], np.ndarray]:
+    """Decode a clip's audio and keep its speech: ``(samples decoded, speech segments, the
+    segments' samples concatenated)``.
+
+    The ``voice`` stage runs this in its decoder child
+    (:func:`pipeline.preprocess.shards.decode_each`), so webrtcvad's per-frame calls hold that
+    process's interpreter lock, not the stage's, where the shard threads share one; only the
+    speech travels back. This module imports neither torch nor pandas: the child stays quick to
+    start.
+    """
+    audio = read_audio(path, sample_rate_hz)
+    segs = speech_segments(frame_decisions(audio, sample_rate_hz, cfg), cfg.frame_ms)
+    speech = np.concatenate(
+        [audio[int(a * sample_rate_hz) : int(b * sample_rate_hz)] for a, b in segs]
+        or [np.zeros(0, np.float32)]
+    )
+    return len(audio), segs, speech

@@ -20,9 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.preprocess.media import read_audio
 from pipeline.preprocess.shards import ClipRef, ShardResult, decode_each
-from pipeline.preprocess.vad import VadConfig, frame_decisions, speech_segments
+from pipeline.preprocess.vad import VadConfig, read_speech
 from pipeline.schema import VOICE_FEATURES, write_table
 
 
@@ -101,20 +100,15 @@ def voice_shard(
     res = ShardResult()
     rows: list[dict[str, Any]] = []
     items = [
-        (c, root / c.media_path, (str(root / c.media_path), cfg.sample_rate_hz)) for c in clips
+        (c, root / c.media_path, (str(root / c.media_path), cfg.sample_rate_hz, cfg.vad))
+        for c in clips
     ]
     res.counts["clips_in"] += len(clips)
-    for clip, audio in decode_each(res, items, timeout_s, read_audio):
+    # Decoding, VAD and cutting run in the decoder child (read_speech); features run here.
+    for clip, (n, segs, speech) in decode_each(res, items, timeout_s, read_speech):
         path = root / clip.media_path
-        flags = frame_decisions(audio, cfg.sample_rate_hz, cfg.vad)
-        segs = speech_segments(flags, cfg.vad.frame_ms)
-        n = len(audio)
         duration = n / cfg.sample_rate_hz
         res.counts["audio_ms"] += int(round(duration * 1000))
-        speech = np.concatenate(
-            [audio[int(a * cfg.sample_rate_hz) : int(b * cfg.sample_rate_hz)] for a, b in segs]
-            or [np.zeros(0, np.float32)]
-        )
         speech_s = len(speech) / cfg.sample_rate_hz
         if speech_s < cfg.min_speech_s:
             res.fail(
