@@ -121,6 +121,12 @@ class VoiceStageParams(_Section):
     vad_aggressiveness: Literal[0, 1, 2, 3]
     vad_frame_ms: Literal[10, 20, 30]
     vad_padding_ms: int = Field(ge=0)
+    #: hysteresis: speech starts when more than vad_on_percent of the padding window is flagged,
+    #: ends when less than vad_off_percent is
+    vad_on_percent: int = Field(90, ge=1, le=100)
+    vad_off_percent: int = Field(10, ge=0, le=99)
+    #: the energy gate's reference level: this percentile of the clip's frame levels
+    energy_reference_percentile: float = Field(95.0, ge=0, le=100)
     energy_gate_db: float = Field(gt=0)
     min_speech_s: float = Field(ge=0)
     front_end: Literal["fbank", "melspec"]

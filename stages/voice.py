@@ -26,7 +26,15 @@ from stages._shards import failure_summary, fan_out, run_stage
 def voice_config(p: VoiceStageParams) -> VoiceConfig:
     return VoiceConfig(
         sample_rate_hz=p.sample_rate_hz,
-        vad=VadConfig(p.vad_aggressiveness, p.vad_frame_ms, p.vad_padding_ms, p.energy_gate_db),
+        vad=VadConfig(
+            p.vad_aggressiveness,
+            p.vad_frame_ms,
+            p.vad_padding_ms,
+            p.energy_gate_db,
+            p.vad_on_percent,
+            p.vad_off_percent,
+            p.energy_reference_percentile,
+        ),
         features=FeatureConfig(p.front_end, p.n_mels, p.win_ms, p.hop_ms, p.normalize),
         min_speech_s=p.min_speech_s,
     )

@@ -109,3 +109,17 @@ def test_frame_decisions_equal_the_loop_on_audio(padding_ms: int) -> None:
         np.testing.assert_array_equal(
             frame_decisions(audio, sr, cfg), loop_frame_decisions(audio, sr, cfg)
         )
+
+
+def test_hysteresis_thresholds_are_settings() -> None:
+    flags = np.array([1, 1, 1, 0, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0], dtype=bool)
+    default = hysteresis(flags, 4)
+    assert np.array_equal(default, hysteresis(flags, 4, 90, 10))
+    # The windows of [0, 1, 1, 1] reach 0, 50, 67 and 75 % flagged: speech starts (and the
+    # window is back-filled) only when the on-threshold is below 75 %.
+    rise = np.array([0, 1, 1, 1], dtype=bool)
+    assert not hysteresis(rise, 4, 90, 10).any() and hysteresis(rise, 4, 70, 10).all()
+    with pytest.raises(ValueError, match="off_percent < on_percent"):
+        hysteresis(flags, 4, 10, 10)
+    with pytest.raises(ValueError, match="off_percent < on_percent"):
+        VadConfig(2, 30, 300, 35.0, on_percent=20, off_percent=30)

@@ -22,6 +22,9 @@ class VadConfig:
     frame_ms: int  # 10, 20 or 30
     padding_ms: int  # hysteresis window; 0 = raw per-frame decisions
     energy_gate_db: float  # frames quieter than (loudest frames - gate) are never speech
+    on_percent: int = 90  # hysteresis: a window more than this % flagged starts speech ...
+    off_percent: int = 10  # ... and one less than this % flagged ends it
+    reference_percentile: float = 95.0  # "the loudest frames": this percentile of frame levels
 
     def __post_init__(self) -> None:
         if self.aggressiveness not in (0, 1, 2, 3):
@@ -30,6 +33,15 @@ class VadConfig:
             raise ValueError(f"frame_ms must be 10, 20 or 30, got {self.frame_ms}")
         if self.padding_ms < 0 or self.padding_ms % self.frame_ms:
             raise ValueError("padding_ms must be a non-negative multiple of frame_ms")
+        if not 0 <= self.off_percent < self.on_percent <= 100:
+            raise ValueError(
+                f"need 0 <= off_percent < on_percent <= 100, got {self.off_percent}, "
+                f"{self.on_percent}"
+            )
+        if not 0 <= self.reference_percentile <= 100:
+            raise ValueError(
+                f"reference_percentile must be in [0, 100]: {self.reference_percentile}"
+            )
 
 
 def frame_decisions(audio: np.ndarray, sample_rate_hz: int, cfg: VadConfig) -> np.ndarray:
@@ -45,21 +57,22 @@ def frame_decisions(audio: np.ndarray, sample_rate_hz: int, cfg: VadConfig) -> n
     vad = webrtcvad.Vad(cfg.aggressiveness)
     raw = np.array([vad.is_speech(f.tobytes(), sample_rate_hz) for f in pcm], dtype=bool)
     level_db = 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12)
-    ref = np.percentile(level_db, 95)
+    ref = np.percentile(level_db, cfg.reference_percentile)
     raw &= level_db > ref - cfg.energy_gate_db
     if cfg.padding_ms == 0:
         return raw
-    return hysteresis(raw, cfg.padding_ms // cfg.frame_ms)
+    return hysteresis(raw, cfg.padding_ms // cfg.frame_ms, cfg.on_percent, cfg.off_percent)
 
 
-def hysteresis(raw: np.ndarray, w: int) -> np.ndarray:
+def hysteresis(raw: np.ndarray, w: int, on_percent: int = 90, off_percent: int = 10) -> np.ndarray:
     """Padded hysteresis over per-frame flags (bool, (F,)) with a trailing window of ``w`` frames.
 
     Frame ``i``'s window is the ``L = min(i + 1, w)`` frames ending at ``i``, ``c`` of them
-    flagged. Untriggered, a window more than 90 % flagged (``10 c > 9 L``) triggers: the whole
-    window becomes speech. Triggered, a window less than 10 % flagged (``10 c < L``) ends it;
-    every frame in between is speech. Integer counts, so no rounding: these are exactly the
-    py-webrtcvad example's ``mean > 0.9`` / ``mean < 0.1`` tests on a ring buffer.
+    flagged. Untriggered, a window more than ``on_percent`` (90) % flagged (``100 c > 90 L``)
+    triggers: the whole window becomes speech. Triggered, a window less than ``off_percent``
+    (10) % flagged (``100 c < 10 L``) ends it; every frame in between is speech. Integer counts,
+    so no rounding: with the defaults these are exactly the py-webrtcvad example's
+    ``mean > 0.9`` / ``mean < 0.1`` tests on a ring buffer.
 
     Vectorised: a frame is triggered when the latest on- or off-candidate at or before it is an
     on-candidate (the two kinds never coincide), and each run of triggered frames back-fills
@@ -76,8 +89,10 @@ def hysteresis(raw: np.ndarray, w: int) -> np.ndarray:
     start = np.maximum(idx - w + 1, 0)
     c = csum[idx + 1] - csum[start]
     length = idx + 1 - start
-    on = 10 * c > 9 * length
-    off = 10 * c < length
+    if not 0 <= off_percent < on_percent <= 100:
+        raise ValueError(f"need 0 <= off_percent < on_percent <= 100: {off_percent}, {on_percent}")
+    on = 100 * c > on_percent * length
+    off = 100 * c < off_percent * length
     # Index of the latest candidate (either kind) at or before each frame; -1 if none yet.
     latest = np.maximum.accumulate(np.where(on | off, idx, -1))
     triggered = (latest >= 0) & on[np.maximum(latest, 0)]
