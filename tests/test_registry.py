@@ -6,11 +6,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
+from pipeline.evaluate.scoring import Embeddings, quick_match
 from pipeline.params import CidSection, Params, TrainParams, load_params
-from pipeline.train.loop import Encoders, TrainConfig, train
+from pipeline.train.loop import Encoders, TrainConfig, embed_clips, train
 from pipeline.train.methods.bipseudo import BiPseudo
 from pipeline.train.methods.cid import CID
 from pipeline.train.methods.cmpc import CMPC
@@ -157,11 +159,21 @@ def test_a_method_added_the_readme_way_trains(tmp_path: Path) -> None:
     base = small_params()
     params = ParamsWithCid2.model_validate({**base.model_dump(), "cid2": {"tau": 0.2}})
     methods = [*METHODS, Method("cid2", "cid2", build_cid2)]
+    data = toy_pairs()
     _, (enc, hist, extra) = train_method(
-        "cid2", params, toy_pairs(), SEED, tmp_path, torch.device("cpu"), methods=methods
+        "cid2", params, data, SEED, tmp_path, torch.device("cpu"), methods=methods
     )
     assert isinstance(enc, Encoders) and len(hist) == base.train.epochs and extra == {}
     assert (tmp_path / "main" / "checkpoint.pt").is_file()
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in hist)
+    # ... and is scored the way the evaluation scores every method (trials and metric functions).
+    f, v = embed_clips(enc, data, torch.device("cpu"))
+    ident = [data.identities[i] for i in data.identity.tolist()]
+    clips = pd.DataFrame(
+        {"clip_key": data.clip_keys, "identity": ident, "split": "val", "gender": "m"}
+    ).assign(video_id=lambda d: d["clip_key"], nationality=None)
+    emb = Embeddings(list(data.clip_keys), f.numpy(), v.numpy())
+    acc = quick_match(emb, clips, "val", 500, SEED)["U"]
+    assert acc is not None and 0.0 <= acc <= 1.0
     with pytest.raises(UnknownMethodError):
         lookup("cid2")  # registered for this call only
