@@ -54,7 +54,11 @@ def headline_lines(headline: dict[str, Any], verdicts: dict[str, Any] | None) ->
         lines.append("Verdicts: none (no verdicts.json from the aggregate stage).")
         return lines
     tied, top = ", ".join(entry.get("tied_for_first", [])), entry.get("top")
-    lines.append(f"Verdicts (1:2 V->F, paired 95 %): top {top}; tied for first: {tied}")
+    # Not "the best": the highest mean is only the reference the others are paired against.
+    lines.append(
+        f"Verdicts (1:2 V->F, paired 95 %): tied for first: {tied} "
+        f"(each method against the highest mean, {top}):"
+    )
     for name, v in entry.get("vs_top", {}).items():
         lines.append(
             f"  {name} vs {top}: {_pct(v.get('difference'))} "
