@@ -217,6 +217,18 @@ def stale(repo: Path, env: dict[str, str]) -> set[str]:
     return set(json.loads(_run(["dvc", "status", "--json"], repo, env) or "{}"))
 
 
+def stale_after_edit(repo: Path, env: dict[str, str], old: str, new: str) -> set[str]:
+    """:func:`stale` with ``old`` replaced by ``new`` in params.yaml (put back afterwards)."""
+    params = repo / "params.yaml"
+    text = params.read_text()
+    assert old in text, old
+    params.write_text(text.replace(old, new, 1))
+    try:
+        return stale(repo, env)
+    finally:
+        params.write_text(text)
+
+
 def git_changes(repo: Path, env: dict[str, str]) -> str:
     return _run(["git", "status", "--porcelain"], repo, env).strip()
 
@@ -269,14 +281,8 @@ def test_changing_a_voice_param_reruns_only_the_voice_branch(
     tiny_repo: tuple[Path, dict[str, str], float],
 ) -> None:
     repo, env, _ = tiny_repo
-    params = repo / "params.yaml"
-    text = params.read_text()
-    params.write_text(text.replace("vad_padding_ms: 300", "vad_padding_ms: 240", 1))
-    try:
-        # Checked without running: DVC reruns what is stale, then what a changed output feeds.
-        assert stale(repo, env) == {"voice"}
-    finally:
-        params.write_text(text)
+    # Checked without running: DVC reruns what is stale, then what a changed output feeds.
+    assert stale_after_edit(repo, env, "vad_padding_ms: 300", "vad_padding_ms: 240") == {"voice"}
     assert stale(repo, env) == set()
 
 
@@ -350,11 +356,6 @@ def test_changing_split_params_reruns_only_the_manifest(
     tiny_repo: tuple[Path, dict[str, str], float],
 ) -> None:
     repo, env, _ = tiny_repo
-    params = repo / "params.yaml"
-    text = params.read_text()
-    params.write_text(text.replace("val_fraction: 0.10", "val_fraction: 0.15", 1))
-    try:
-        # Only the manifest is stale; the new splits then reach every stage below it.
-        assert stale(repo, env) == {"manifest"}
-    finally:
-        params.write_text(text)
+    # Only the manifest is stale; the new splits then reach every stage below it.
+    edit = ("val_fraction: 0.10", "val_fraction: 0.15")
+    assert stale_after_edit(repo, env, *edit) == {"manifest"}

@@ -6,13 +6,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
-from pipeline.evaluate.scoring import Embeddings, quick_match
 from pipeline.params import CidSection, Params, TrainParams, load_params
-from pipeline.train.loop import Encoders, TrainConfig, embed_clips, train
+from pipeline.train.loop import Encoders, TrainConfig, train
 from pipeline.train.methods.bipseudo import BiPseudo
 from pipeline.train.methods.cid import CID
 from pipeline.train.methods.cmpc import CMPC
@@ -27,7 +25,7 @@ from pipeline.train.methods.registry import (
 )
 from pipeline.train.methods.wen2021 import Wen2021
 from pipeline.train.pairs import PairData
-from tests.test_train import toy_pairs
+from tests.test_train import toy_match_accuracy, toy_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 7
@@ -167,13 +165,7 @@ def test_a_method_added_the_readme_way_trains(tmp_path: Path) -> None:
     assert (tmp_path / "main" / "checkpoint.pt").is_file()
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in hist)
     # ... and is scored the way the evaluation scores every method (trials and metric functions).
-    f, v = embed_clips(enc, data, torch.device("cpu"))
-    ident = [data.identities[i] for i in data.identity.tolist()]
-    clips = pd.DataFrame(
-        {"clip_key": data.clip_keys, "identity": ident, "split": "val", "gender": "m"}
-    ).assign(video_id=lambda d: d["clip_key"], nationality=None)
-    emb = Embeddings(list(data.clip_keys), f.numpy(), v.numpy())
-    acc = quick_match(emb, clips, "val", 500, SEED)["U"]
+    acc = toy_match_accuracy(enc, data, 500, SEED)
     assert acc is not None and 0.0 <= acc <= 1.0
     with pytest.raises(UnknownMethodError):
         lookup("cid2")  # registered for this call only

@@ -12,7 +12,7 @@ import torch
 
 from pipeline.evaluate.scoring import Embeddings, quick_match
 from pipeline.params import BipseudoSection, CidSection, CmpcSection, Wen2021Section
-from pipeline.train.loop import TrainConfig, embed_clips, train
+from pipeline.train.loop import Encoders, TrainConfig, embed_clips, train
 from pipeline.train.methods.bipseudo import BiPseudo
 from pipeline.train.methods.cid import CID
 from pipeline.train.methods.cmpc import CMPC
@@ -80,6 +80,18 @@ def test_sample_batch_shapes_and_ranges() -> None:
     assert torch.allclose(tint, own, atol=0.1)
 
 
+def toy_match_accuracy(enc: Encoders, data: PairData, n_match: int, seed: int) -> float | None:
+    """1:2 V->F (U) of ``enc`` on every clip of ``data`` as one val split, drawn and scored by
+    the evaluation's own trial generator and metrics (:func:`quick_match`)."""
+    f, v = embed_clips(enc, data, torch.device("cpu"))
+    ident = [data.identities[i] for i in data.identity.tolist()]
+    clips = pd.DataFrame(
+        {"clip_key": data.clip_keys, "identity": ident, "split": "val", "gender": "m"}
+    ).assign(video_id=lambda d: d["clip_key"], nationality=None)
+    emb = Embeddings(list(data.clip_keys), f.numpy(), v.numpy())
+    return quick_match(emb, clips, "val", n_match, seed)["U"]
+
+
 def test_cid_learns_the_toy_association_and_is_deterministic(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     data = toy_pairs()
@@ -92,13 +104,7 @@ def test_cid_learns_the_toy_association_and_is_deterministic(tmp_path: Path) -> 
         torch.device("cpu"),
     )
     assert hist[-1]["loss"] < hist[0]["loss"] * 0.8
-    f, v = embed_clips(enc, data, torch.device("cpu"))
-    ident = [data.identities[i] for i in data.identity.tolist()]
-    clips = pd.DataFrame(
-        {"clip_key": data.clip_keys, "identity": ident, "split": "val", "gender": "m"}
-    ).assign(video_id=lambda d: d["clip_key"], nationality=None)
-    emb = Embeddings(list(data.clip_keys), f.numpy(), v.numpy())
-    acc = quick_match(emb, clips, "val", 2000, 0)["U"]
+    acc = toy_match_accuracy(enc, data, 2000, 0)
     assert acc is not None and acc > 0.8
     _, again = train(
         data,
