@@ -14,7 +14,8 @@ export DASK_LOGGING__DISTRIBUTED ?= warning
 # The temporary Prefect server each stage starts: 20 s (the default) is too short on a loaded machine.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: install demo test test-fast lint typecheck check oracle check-corpus bench clean
+.PHONY: install demo test test-fast lint typecheck check oracle check-corpus bench clean \
+	ablation-wen2021 ablation-cmpc ablation-bipseudo
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -42,6 +43,10 @@ typecheck: install
 	mypy
 
 check: lint typecheck test  ## everything CI and the pre-commit hook run
+
+ablation-%: install  ## a paper's ablation (ablations.yaml) as DVC experiments, then its report section (after make demo)
+	python -m stages.run python -m pipeline.ablate run $*
+	python -m stages.run dvc repro report
 
 oracle: install  ## the oracle stage's 1:2 matching accuracy on unseen identities (after make demo)
 	python -m pipeline.evaluate.oracle

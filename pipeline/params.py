@@ -177,8 +177,14 @@ class Wen2021Section(_Section):
     released code's values are the defaults in ``params.yaml``): ``hardness_momentum`` of the
     running hardness, ``first_fraction`` of identities switched on at the first update,
     ``step_fraction`` more at each later one up to ``cap``, and ``decay`` of the weights already
-    on."""
+    on. The paper's components, each switchable for its ablation (default on):
+    ``global_alignment`` (the shared identity classifier's cross-entropies), ``local_alignment``
+    (the N-pair term), ``reweighting`` (the re-weighting run; off: every identity weighs 1 and the
+    first phase is skipped). Global and re-weighting off is the local-only N-pair method."""
 
+    global_alignment: bool = True
+    local_alignment: bool = True
+    reweighting: bool = True
     published_code: bool
     reweight_epochs: int = Field(ge=1)
     warmup_steps: int = Field(ge=0)
@@ -190,6 +196,12 @@ class Wen2021Section(_Section):
     cap: float = Field(0.9, gt=0, le=1)
     decay: float = Field(0.99, gt=0, le=1)
 
+    @model_validator(mode="after")
+    def _some_alignment(self) -> Wen2021Section:
+        if not (self.global_alignment or self.local_alignment):
+            raise ValueError("wen2021: global_alignment and local_alignment are both off: no loss")
+        return self
+
 
 class CmpcSection(_Section):
     """``cmpc``: CMPC (IJCAI 2022). ``clusters``: K per granularity (scale with the data: the paper
@@ -197,8 +209,10 @@ class CmpcSection(_Section):
     ``start_epoch`` (0-based, >= 1: epoch 0 would cluster the random initial memory) /
     ``every_epochs``: when the memory is clustered; ``delta`` / ``kappa``: the recalibration
     Gaussian; ``phi_mean``: the concentrations' mean; ``prototypes`` / ``recalibration``: switch the
-    parts off (both off = ``cid``; with ``published_code``, 2 x ``cid``); ``published_code``: the
-    released code's loss and loop (:mod:`pipeline.train.methods.cmpc`)."""
+    parts off (both off = ``cid``; with ``published_code``, 2 x ``cid``); ``multi_granularity``:
+    false clusters at one granularity only, the middle K of ``clusters`` (the paper's single-K
+    ablation); ``published_code``: the released code's loss and loop
+    (:mod:`pipeline.train.methods.cmpc`)."""
 
     tau: float = Field(gt=0)
     clusters: list[ClusterCount] = Field(min_length=1)
@@ -211,11 +225,24 @@ class CmpcSection(_Section):
     kmeans_iters: int = Field(ge=1)
     prototypes: bool
     recalibration: bool
+    multi_granularity: bool = True
     published_code: bool
+
+    @property
+    def granularities(self) -> list[int]:
+        """The K clustered: every K of ``clusters``, or with ``multi_granularity`` off the
+        middle one."""
+        k = list(self.clusters)
+        return k if self.multi_granularity else [k[len(k) // 2]]
 
 
 class BipseudoSection(_Section):
-    """``bipseudo``: bi-pseudo-label self-supervision (JCRD 2023, reconstructed)."""
+    """``bipseudo``: bi-pseudo-label self-supervision (JCRD 2023, reconstructed). The paper's
+    components, each switchable for its ablation (default on): ``shared_residual`` (the
+    cross-modal weighted residual head; off: the encoders' outputs are the embeddings),
+    ``pseudo_labels`` (the bi-directional pseudo-label loss), ``pull`` and ``push`` (the two
+    auxiliary losses). A term switched off is left out whatever its weight; only ``push`` on (and
+    no shared head) is the in-batch contrast of ``cid``."""
 
     tau: float = Field(gt=0)
     proto_tau: float = Field(gt=0)
@@ -227,6 +254,26 @@ class BipseudoSection(_Section):
     weight_pseudo: float = Field(ge=0)
     weight_pull: float = Field(ge=0)
     weight_push: float = Field(ge=0)
+    shared_residual: bool = True
+    pseudo_labels: bool = True
+    pull: bool = True
+    push: bool = True
+
+    @property
+    def granularities(self) -> list[int]:
+        """The K clustered: every K of ``clusters``."""
+        return list(self.clusters)
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> BipseudoSection:
+        on = [
+            (self.pseudo_labels, self.weight_pseudo),
+            (self.pull, self.weight_pull),
+            (self.push, self.weight_push),
+        ]
+        if not any(switch and weight > 0 for switch, weight in on):
+            raise ValueError("bipseudo: every loss term is off or weighted 0: no loss")
+        return self
 
 
 class TrialsSection(_Section):
@@ -323,17 +370,25 @@ class ParamsError(ValueError):
     """``params.yaml`` is missing, unreadable or invalid; the message names the file."""
 
 
-def load_params(path: Path | str = "params.yaml") -> Params:
-    """Read and validate ``params.yaml`` (with ruamel, YAML 1.2 like DVC)."""
+def read_yaml_mapping(path: Path | str, error: type[ValueError], top: str) -> dict[str, Any]:
+    """A YAML file (ruamel, YAML 1.2 like DVC) whose top level is a mapping; ``error`` naming the
+    file when it is missing, malformed or not a mapping (``top`` says what the mapping holds)."""
     p = Path(path)
     try:
         raw: Any = YAML(typ="safe").load(p.read_text())
     except FileNotFoundError as e:
-        raise ParamsError(f"{p}: not found") from e
+        raise error(f"{p}: not found") from e
     except Exception as e:  # ruamel raises many types for malformed YAML
-        raise ParamsError(f"{p}: not valid YAML: {e}") from e
+        raise error(f"{p}: not valid YAML: {e}") from e
     if not isinstance(raw, dict):
-        raise ParamsError(f"{p}: top level must be a mapping of sections")
+        raise error(f"{p}: top level must be a mapping of {top}")
+    return raw
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate ``params.yaml`` (with ruamel, YAML 1.2 like DVC)."""
+    p = Path(path)
+    raw = read_yaml_mapping(p, ParamsError, "sections")
     try:
         return Params.model_validate(raw)
     except ValidationError as e:

@@ -5,7 +5,9 @@ and ``<train>/<m>.json`` + ``<m>_history.json``; the oracle's ``<metrics>/oracle
 curve and ROC when the corpus has ground truth); the trial summary, the manifest and the face
 shards (thumbnails of the ranked examples). Writes ``<out>/summary.md``, ``<out>/summary.html``
 (figures embedded as ``data:`` URIs) and ``<out>/figures/*.png``: ``match_curve``, ``roc``,
-``loss`` and ``ranked_<method>`` for every method. A missing input exits with its path.
+``loss`` and ``ranked_<method>`` for every method. With ``<ablation>/<paper>.json`` files
+(``python -m pipeline.ablate``), an ablation section per paper. A missing input exits with its
+path.
 """
 
 from __future__ import annotations
@@ -48,18 +50,27 @@ def report_flow(
     out: str,
     seed: int,
     stage_reports: list[str] | None = None,
+    ablation: str | None = None,
 ) -> ReportResult:
     """Load the inputs (curves and examples of training seed ``seed``), draw the figures, write
     both documents; returns a short summary."""
     log = get_run_logger()
     inputs = load_inputs(
-        methods, metrics, eval_dir, train, trials, manifest, layout, seed, stage_reports or ()
+        methods,
+        metrics,
+        eval_dir,
+        train,
+        trials,
+        manifest,
+        layout,
+        seed,
+        stage_reports or (),
+        ablation,
     )
     frames = load_first_frames(faces, ranked_clip_keys(inputs))
     figures = build_figures(inputs, frames)
-    provenance = Provenance(
-        inputs_digest([metrics, eval_dir, train, trials, *(stage_reports or ())])
-    )
+    read = [metrics, eval_dir, train, trials, *(stage_reports or ())]
+    provenance = Provenance(inputs_digest(read + ([ablation] if ablation else [])))
     written = write_report(inputs, provenance, figures, out)
     lead = leaders(inputs)
     log.info("report: %d methods, %d figures; leaders %s", len(methods), len(figures), lead)
@@ -92,6 +103,9 @@ def main(argv: list[str] | None = None) -> None:
         default=["reports/manifest.json", "reports/faces.json"],
         help="stage reports whose 'warnings' the report shows at its top",
     )
+    ap.add_argument(
+        "--ablation", default="reports/ablation", help="folder of each paper's <paper>.json"
+    )
     ap.add_argument("--out", default="reports")
     args = ap.parse_args(argv)
     params = stage_params(args.params)
@@ -111,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.out,
                 params.seeds[0],
                 list(args.stage_reports),
+                args.ablation,
             )
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))

@@ -65,6 +65,17 @@ def runs(module: str) -> set[str]:
     return files
 
 
+def stage_runs(module: str, method: str | None) -> set[str]:
+    """What a stage's command runs: its module's imports and, for a per-method stage whose code
+    looks methods up in the registry, that method's module (imported by name at run time)."""
+    files = runs(module)
+    if method is not None and "pipeline/train/methods/registry.py" in files:
+        from pipeline.train.methods.registry import lookup
+
+        files |= runs(str(lookup(method).module))
+    return files
+
+
 def _stages() -> list[tuple[str, str, list[str]]]:
     """(stage name, command's module, deps) of every stage, matrix items expanded."""
     doc = YAML(typ="safe").load((REPO / "dvc.yaml").read_text())
@@ -86,17 +97,40 @@ def _stages() -> list[tuple[str, str, list[str]]]:
                 deps.append(d)
             m = re.search(r"python -m (stages\.\w+)", stage["cmd"])
             assert m, stage["cmd"]
-            out.append((name, m.group(1), deps))
+            out.append((name, m.group(1), item.get("item.method"), deps))
     return out
 
 
-@pytest.mark.parametrize(("stage", "module", "deps"), _stages(), ids=lambda x: str(x)[:30])
-def test_stage_deps_cover_the_code_it_runs(stage: str, module: str, deps: list[str]) -> None:
-    def covered(f: str) -> bool:
-        return any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)
+STAGES = _stages()
 
-    missing = sorted(f for f in runs(module) if not covered(f) and (stage, f) not in NOT_RESULTS)
+
+def _covered(f: str, deps: list[str]) -> bool:
+    return any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+@pytest.mark.parametrize(("stage", "module", "method", "deps"), STAGES, ids=lambda x: str(x)[:30])
+def test_stage_deps_cover_the_code_it_runs(
+    stage: str, module: str, method: str | None, deps: list[str]
+) -> None:
+    ran = stage_runs(module, method)
+    missing = sorted(f for f in ran if not _covered(f, deps) and (stage, f) not in NOT_RESULTS)
     assert not missing, f"dvc.yaml stage {stage!r} runs {missing} but does not depend on them"
+
+
+@pytest.mark.parametrize(("stage", "module", "method", "deps"), STAGES, ids=lambda x: str(x)[:30])
+def test_a_per_method_stage_does_not_depend_on_other_methods(
+    stage: str, module: str, method: str | None, deps: list[str]
+) -> None:
+    """``train@cid-1`` is not rerun by an edit to ``wen2021.py``: a per-method stage's deps name
+    no other method's module (directly or through a folder)."""
+    from pipeline.train.methods.registry import METHODS
+
+    if method is None:
+        return
+    for other in METHODS:
+        path = str(other.module).replace(".", "/") + ".py"
+        if other.name != method:
+            assert not _covered(path, deps), f"{stage} ({method}) depends on {path}"
 
 
 def test_the_import_walk_finds_indirect_imports() -> None:

@@ -163,3 +163,49 @@ def test_schedule_and_validation() -> None:
         params(clusters=(1,))
     with pytest.raises(ValueError, match="greater than or equal to 1"):
         params(start_epoch=0)
+
+
+# The ablation switches (bipseudo.shared_residual / pseudo_labels / pull / push).
+
+
+@pytest.mark.parametrize("off", ["pseudo_labels", "pull", "push"])
+def test_a_term_switched_off_leaves_the_loss_whatever_its_weight(off: str) -> None:
+    full = clustered().eval()
+    model = clustered(**{off: False}).eval()
+    face, voice, clips = batch()
+    weight = {"pseudo_labels": "weight_pseudo", "pull": "weight_pull", "push": "weight_push"}[off]
+    # the plain loop of the full loss with that term's weight at 0
+    zeroed = clustered(**{weight: 0.0}).eval()
+    want = plain_loop_bipseudo(zeroed, face.tolist(), voice.tolist(), clips.tolist())
+    got = model.loss_terms(face, voice, clips)["loss"].item()
+    assert got == pytest.approx(want, rel=1e-9)
+    assert got != pytest.approx(full.loss_terms(face, voice, clips)["loss"].item(), rel=1e-6)
+
+
+def test_pseudo_labels_off_runs_no_kmeans() -> None:
+    model = BiPseudo(params(pseudo_labels=False), num_clips=10, dim=4, seed=0)
+    for epoch in range(4):
+        model.on_epoch_start(epoch=epoch)
+    assert int(model.refreshes) == 0
+
+
+def test_only_push_without_the_shared_head_is_in_batch_contrast() -> None:
+    from pipeline.params import CidSection
+    from pipeline.train.methods import bipseudo
+    from pipeline.train.methods.cid import CID
+
+    p = params(shared_residual=False, pseudo_labels=False, pull=False)
+    assert bipseudo.head(p) == "none" and bipseudo.head(params()) == "shared_residual"
+    model = BiPseudo(p, num_clips=10, dim=4, seed=0).double()
+    face, voice, clips = batch()
+    cid = CID(CidSection(tau=p.tau))(face, voice)["loss"].item()
+    assert model.loss_terms(face, voice, clips)["loss"].item() == pytest.approx(
+        0.7 * cid, rel=1e-12
+    )  # weight_push 0.7 times cid's loss
+
+
+def test_every_term_off_is_refused() -> None:
+    with pytest.raises(ValueError, match="no loss"):
+        params(pseudo_labels=False, pull=False, push=False)
+    with pytest.raises(ValueError, match="no loss"):
+        params(push=False, pull=False, weight_pseudo=0.0)

@@ -5,6 +5,7 @@ concentrations on hand-made inputs, the memory bank, gradients and the flag's cl
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,9 @@ from pipeline.params import CidSection, CmpcSection
 from pipeline.train.methods.cid import CID
 from pipeline.train.methods.clusters import Clustering, MemoryBank, concentration, kmeans
 from pipeline.train.methods.cmpc import CMPC, recalibration_weights
+from pipeline.train.methods.registry import train_method
+
+CPU = torch.device("cpu")
 
 
 def params(**kw: object) -> CmpcSection:
@@ -59,7 +63,7 @@ def plain_loop_cmpc(
     model: CMPC, face: list[list[float]], voice: list[list[float]], video: list[int]
 ) -> float:
     p = model.params
-    b, r_count = len(face), len(p.clusters)
+    b, r_count = len(face), len(p.granularities)
     f = [unit(x) for x in face]
     v = [unit(x) for x in voice]
 
@@ -378,3 +382,44 @@ def test_published_code_flag_changes_the_loss() -> None:
     fresh = CMPC(params(published_code=True), num_videos=8, dim=4, seed=0).double()
     cid = CID(CidSection(tau=0.3))(face, voice)["loss"]
     torch.testing.assert_close(fresh.loss_terms(face, voice, video)["loss"], 2 * cid)
+
+
+def test_single_granularity_clusters_the_middle_k_only() -> None:
+    """``multi_granularity: false``: one k-means per modality at the middle K of ``clusters``, and
+    the loss is the paper's with R = 1 (the plain loop over that one granularity)."""
+    model = clustered_model(clusters=(2, 3, 4), multi_granularity=False)
+    assert model.ks == (3,) and model.params.granularities == [3]
+    cent, _, assign = model.clusters("face", 0)
+    assert cent.shape == (3, 4) and int(assign.max()) <= 2
+    assert not hasattr(model, "face_centroids_1")
+    model.eval()
+    face, voice, video = batch()
+    got = model.loss_terms(face, voice, video)["loss"].item()
+    assert got == pytest.approx(
+        plain_loop_cmpc(model, face.tolist(), voice.tolist(), video.tolist()), rel=1e-9
+    )
+    multi = clustered_model(clusters=(2, 3, 4)).eval()
+    assert multi.ks == (2, 3, 4)
+    assert multi.loss_terms(face, voice, video)["loss"].item() != pytest.approx(got, rel=1e-6)
+
+
+def test_every_addition_off_trains_as_cid(tmp_path: Path) -> None:
+    """CMPC with prototypes, recalibration off (whatever the granularities) trains to cid's
+    weights bit for bit: the same code path, no k-means run."""
+    from tests.test_registry import SEED, small_params
+    from tests.test_train import toy_pairs
+
+    torch.set_num_threads(1)
+    base = small_params()
+    off = base.cmpc.model_copy(
+        update=dict(
+            prototypes=False, recalibration=False, multi_granularity=False, tau=base.cid.tau
+        )
+    )
+    params = base.model_copy(update={"cmpc": off})
+    data = toy_pairs()
+    _, (enc_c, hist_c, _) = train_method("cmpc", params, data, SEED, tmp_path / "c", CPU)
+    _, (enc_i, hist_i, _) = train_method("cid", params, data, SEED, tmp_path / "i", CPU)
+    assert [h["loss"] for h in hist_c] == [h["loss"] for h in hist_i]
+    for k, v in enc_i.state_dict().items():
+        assert torch.equal(v, enc_c.state_dict()[k]), k

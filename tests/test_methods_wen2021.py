@@ -251,3 +251,85 @@ def test_training_mode_runs_the_schedule_and_main_phase_freezes_it() -> None:
     model.freeze(frozen)
     model.loss_terms(torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g), y)
     assert torch.equal(model.weights, frozen) and int(model.schedule.state[0]) == 3
+
+
+# The ablation switches (wen2021.global_alignment / local_alignment / reweighting).
+
+
+def _switched(**kw: object) -> Wen2021Section:
+    return PARAMS.model_copy(update=kw)
+
+
+def _plain_parts(
+    face: torch.Tensor, voice: torch.Tensor, y: torch.Tensor, model: Wen2021, ce: bool, local: bool
+) -> float:
+    """The paper's loss with only the switched-on parts, written as a plain loop."""
+    f, v, w_cls = face.tolist(), voice.tolist(), model.classifier.weight.tolist()
+    total = 0.0
+    for i in range(len(f)):
+        term = 0.0
+        if ce:
+            term += _ce(w_cls, f[i], int(y[i])) + _ce(w_cls, v[i], int(y[i]))
+        if local:
+            term += 0.5 * (_local(v, f, i) + _local(f, v, i))
+        total += model.weights.tolist()[int(y[i])] * term
+    return total / len(f)
+
+
+@pytest.mark.parametrize(("glob", "loc"), [(True, False), (False, True)])
+def test_each_part_switched_off_leaves_the_others(glob: bool, loc: bool) -> None:
+    face, voice, y, model = _setup()
+    model.params = _switched(global_alignment=glob, local_alignment=loc)
+    got = model.loss_terms(face, voice, y)["loss"].item()
+    assert got == pytest.approx(_plain_parts(face, voice, y, model, glob, loc), rel=1e-10)
+    assert got != pytest.approx(_plain_parts(face, voice, y, model, True, True), rel=1e-3)
+
+
+def test_global_and_reweighting_off_is_the_local_only_n_pair_method() -> None:
+    g = torch.Generator().manual_seed(4)
+    face = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    voice = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 3])
+    model = Wen2021(_switched(global_alignment=False, reweighting=False), 4, 4).double().train()
+    for _ in range(3):  # training steps: with re-weighting off the weights never move
+        got = model.loss_terms(face, voice, y)["loss"].item()
+    assert torch.equal(model.weights, torch.ones(4, dtype=torch.float64))
+    f, v = face.tolist(), voice.tolist()
+    n_pair = sum(0.5 * (_local(v, f, i) + _local(f, v, i)) for i in range(6)) / 6
+    assert got == pytest.approx(n_pair, rel=1e-10)
+
+
+def test_global_off_keeps_a_detached_hardness_probe_while_reweighting() -> None:
+    """The identity classifier still measures hardness, but no gradient of it reaches the
+    embeddings: their gradient is the (weighted) local term's alone."""
+    face, voice, y, model = _setup()
+    model.params = _switched(global_alignment=False)
+    model.reweighting = True
+    model.train()
+    f = face.clone().requires_grad_(True)
+    v = voice.clone().requires_grad_(True)
+    out = model.loss_terms(f, v, y)
+    out["loss"].backward()
+    assert model.classifier.weight.grad is not None and model.classifier.weight.grad.abs().sum() > 0
+    f2 = face.clone().requires_grad_(True)
+    v2 = voice.clone().requires_grad_(True)
+    w = model.weights[y]
+    (w * 0.5 * (local_alignment(v2, f2) + local_alignment(f2, v2))).mean().backward()
+    assert torch.allclose(f.grad, f2.grad) and torch.allclose(v.grad, v2.grad)
+    assert out["identity_ce"].item() > 0  # the probe's cross-entropy is still measured
+
+
+def test_published_code_respects_the_switches() -> None:
+    face, voice, y, model = _setup()
+    model.params = PUBLISHED.model_copy(update={"local_alignment": False})
+    w = model.weights[y]
+    t = model.per_sample(face, voice, y)
+    want = (t["ce_face"].mean() * w.mean() + t["ce_voice"].mean() * w.mean()).item()
+    assert model.loss_terms(face, voice, y)["loss"].item() == pytest.approx(want, rel=1e-12)
+
+
+def test_no_alignment_at_all_is_refused() -> None:
+    with pytest.raises(ValueError, match="both off"):
+        Wen2021Section.model_validate(
+            {**PARAMS.model_dump(), "global_alignment": False, "local_alignment": False}
+        )

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from pipeline.params import CidSection, Params, TrainParams, load_params
 from pipeline.train.loop import Encoders, TrainConfig, train
+from pipeline.train.methods import bipseudo
 from pipeline.train.methods.bipseudo import BiPseudo
 from pipeline.train.methods.cid import CID
 from pipeline.train.methods.cmpc import CMPC
@@ -73,7 +75,8 @@ def direct(
     method = make()
     cfg = TrainConfig(
         t.epochs, t.batch_size, t.lr, t.weight_decay, t.embed_dim, t.face_encoder,
-        t.voice_encoder, t.voice_frames, SEED, head=getattr(method, "head", "none"),
+        t.voice_encoder, t.voice_frames, SEED,
+        head=bipseudo.head(params.bipseudo) if name == "bipseudo" else "none",
     )  # fmt: skip
     section = getattr(params, name)
     if isinstance(method, Wen2021):
@@ -156,7 +159,7 @@ def test_a_method_added_the_readme_way_trains(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     base = small_params()
     params = ParamsWithCid2.model_validate({**base.model_dump(), "cid2": {"tau": 0.2}})
-    methods = [*METHODS, Method("cid2", "cid2", build_cid2)]
+    methods = [*METHODS, Method("cid2", "cid2", SimpleNamespace(build=build_cid2))]
     data = toy_pairs()
     _, (enc, hist, extra) = train_method(
         "cid2", params, data, SEED, tmp_path, torch.device("cpu"), methods=methods

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import atomic_dir, atomic_path
+from pipeline.evaluate.ablation import tables as ablation_tables
 from pipeline.evaluate.metrics import margin_fraction as oracle_fraction
 from pipeline.report.figures import Figure
 from pipeline.report.loading import (
@@ -382,6 +383,27 @@ def _training_table(inputs: ReportInputs) -> _Table:
     return _Table(("method", "train clips", "epochs", "final loss"), tuple(rows))
 
 
+def _ablation_blocks(inputs: ReportInputs) -> list[_Block]:
+    """Each paper's ablation (``python -m pipeline.ablate``): its variants and paired effects."""
+    if not inputs.ablations:
+        return []
+    out: list[_Block] = [
+        _Heading(2, "Ablations: the papers' claims, tested"),
+        _Para(
+            "Each paper's components switched off one at a time (`make ablation-<paper>`, "
+            "DVC experiments over the same seeds and trials). An effect supports the paper's "
+            "claim when its 95 % interval lies above 0, contradicts it below 0, and cannot tell "
+            "when it holds 0."
+        ),
+    ]
+    for result in inputs.ablations:
+        out.append(_Heading(3, str(result.get("paper", result.get("ablation", "?")))))
+        for caption, header, rows in ablation_tables(result):
+            out.append(_Para(caption))
+            out.append(_Table(header, tuple(rows), label_cols=3 if header[0] == "variant" else 2))
+    return out
+
+
 def _blocks(
     inputs: ReportInputs, provenance: Provenance, figures: Sequence[Figure]
 ) -> list[_Block]:
@@ -445,6 +467,7 @@ def _blocks(
     if "test_unseen" in splits_present(inputs):
         out.append(_Heading(3, "Every protocol and constraint, test_unseen (means)"))
         out.append(_long_table(inputs, "test_unseen"))
+    out += _ablation_blocks(inputs)
     out.append(_Heading(2, "Training"))
     out.append(_training_table(inputs))
     if figures:

@@ -98,6 +98,8 @@ class ReportInputs:
     shown_seed: int | None = None
     #: What the stages flagged as weak (few identities, own-clip positives, competing faces...).
     warnings: tuple[str, ...] = ()
+    #: Each paper's ablation (``reports/ablation/<paper>.json``, written by ``pipeline.ablate``).
+    ablations: tuple[dict[str, Any], ...] = ()
 
 
 def load_json(path: Path | str) -> Any:
@@ -195,6 +197,7 @@ def load_inputs(
     layout: str,
     seed: int,
     stage_reports: Sequence[Path | str] = (),
+    ablation_dir: Path | str | None = None,
 ) -> ReportInputs:
     """Load every input of the report; a missing file raises FileNotFoundError naming it.
 
@@ -206,7 +209,8 @@ def load_inputs(
     {match_curve.csv, roc.csv, ranked.json}``, ``<train_dir>/<m>/s<seed>.json`` and
     ``s<seed>_history.json``. The oracle: ``<metrics_dir>/oracle.json`` and, when it is
     available, its curve and ROC in ``<eval_dir>/oracle/``. Optional: the verdicts
-    ``<metrics_dir>/aggregate/verdicts.json`` and the media ceiling ``<metrics_dir>/ceiling.json``.
+    ``<metrics_dir>/aggregate/verdicts.json``, the media ceiling ``<metrics_dir>/ceiling.json``
+    and every ``<ablation_dir>/<paper>.json`` (in name order).
     """
     names = tuple(methods)
     if not names:
@@ -236,9 +240,12 @@ def load_inputs(
     warnings: list[str] = []
     for source in (*(_load_dict(Path(r)) for r in stage_reports), trials_summary):
         warnings += [str(w) for w in source.get("warnings", [])]
+    ablations: list[dict[str, Any]] = []
+    if ablation_dir is not None and Path(ablation_dir).is_dir():
+        ablations = [_load_dict(f) for f in sorted(Path(ablation_dir).glob("*.json"))]
     return ReportInputs(
         names, metrics, oracle, reason, curves, rocs, ranked, train, history, trials_summary,
-        corpus, verdicts, ceiling, seed, tuple(warnings),
+        corpus, verdicts, ceiling, seed, tuple(warnings), tuple(ablations),
     )  # fmt: skip
 
 

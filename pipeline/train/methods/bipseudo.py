@@ -21,6 +21,12 @@ here is stated.
 - ``loss = w_pseudo·L_pseudo + w_pull·L_pull + w_push·L_push``; before the first clustering the
   pseudo-label term is 0. K and the schedule are analogous to CMPC's (Self-Lifting, the closest
   published relative, uses faiss k-means with K = 1000).
+
+The paper's ablation switches (``bipseudo`` params, default on): ``shared_residual`` (off: no
+head, the encoders' outputs are the embeddings), ``pseudo_labels`` (off: no k-means, no
+pseudo-label term), ``pull``, ``push``. A term switched off leaves the loss whatever its weight.
+With only ``push`` on and no shared head the loss is ``cid``'s in-batch contrast (equal in exact
+arithmetic: ``cid`` averages each direction, this the per-pair mean of both).
 """
 
 from __future__ import annotations
@@ -42,8 +48,6 @@ if TYPE_CHECKING:
 class BiPseudo(ClusteredMemories):
     """The loss with its per-clip memory banks and pseudo-labels (buffers, checkpointed)."""
 
-    head = "shared_residual"  # the encoders end in the shared weighted residual block
-
     def __init__(self, params: BipseudoSection, num_clips: int, dim: int, seed: int) -> None:
         super().__init__("bipseudo", params, num_clips, "clips", dim, seed)
         self.params = params
@@ -57,7 +61,7 @@ class BiPseudo(ClusteredMemories):
         return getattr(self, f"{modality}_centroids_{r}"), getattr(self, f"{modality}_labels_{r}")
 
     def uses_clusters(self) -> bool:
-        return self.params.weight_pseudo > 0
+        return self.params.pseudo_labels and self.params.weight_pseudo > 0
 
     def keep(self, modality: str, clusterings: list[Clustering]) -> None:
         for r, c in enumerate(clusterings):
@@ -89,12 +93,18 @@ class BiPseudo(ClusteredMemories):
         push = (0.5 * (push_vf + push_fv)).mean()
         pseudo = (
             self.pseudo_label_loss(face, voice, clips).mean()
-            if int(self.refreshes) > 0 and p.weight_pseudo > 0
+            if int(self.refreshes) > 0 and self.uses_clusters()
             else torch.zeros((), device=face.device)
         )
         self.remember(clips, face, voice)
+        terms = [
+            (p.pseudo_labels, p.weight_pseudo, pseudo),
+            (p.pull, p.weight_pull, pull),
+            (p.push, p.weight_push, push),
+        ]
+        loss = sum((w * t for on, w, t in terms if on), torch.zeros((), device=face.device))
         return {
-            "loss": p.weight_pseudo * pseudo + p.weight_pull * pull + p.weight_push * push,
+            "loss": loss,
             "pseudo": pseudo.detach(),
             "pull": pull.detach(),
             "push": push.detach(),
@@ -110,3 +120,8 @@ class BiPseudo(ClusteredMemories):
 def build(params: BipseudoSection, train: TrainParams, data: PairData, seed: int) -> BiPseudo:
     """The registry's builder: one memory row per training clip."""
     return BiPseudo(params, len(data), train.embed_dim, seed)
+
+
+def head(params: BipseudoSection) -> str:
+    """The head both encoders end in: the shared weighted residual block unless switched off."""
+    return "shared_residual" if params.shared_residual else "none"

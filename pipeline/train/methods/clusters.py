@@ -117,7 +117,7 @@ class MemorySchedule(Protocol):
     """The section fields of a clustering method that :class:`ClusteredMemories` reads."""
 
     @property
-    def clusters(self) -> Sequence[int]: ...
+    def granularities(self) -> Sequence[int]: ...
     @property
     def start_epoch(self) -> int: ...
     @property
@@ -132,7 +132,7 @@ class ClusteredMemories(nn.Module):
     """What ``cmpc`` and ``bipseudo`` share: a :class:`MemoryBank` per modality (``memory_face``
     seeded ``seed``, ``memory_voice`` ``seed + 1``; one row per video or clip), updated after every
     training batch (:meth:`remember`); from epoch ``start_epoch`` and every ``every_epochs`` (the
-    per-epoch hook), k-means of both memories at each K of ``clusters``, seeded ``seed + 1000 ·
+    per-epoch hook), k-means of both memories at each K of ``granularities``, seeded ``seed + 1000 ·
     refreshes`` (:meth:`refresh`; ``refreshes`` is a buffer, so checkpoints carry it).
 
     A subclass says whether it uses clusters at all (:meth:`uses_clusters`) and keeps each
@@ -143,13 +143,13 @@ class ClusteredMemories(nn.Module):
         self, name: str, params: MemorySchedule, rows: int, what: str, dim: int, seed: int
     ) -> None:
         super().__init__()
-        if max(params.clusters) > rows:
+        if max(params.granularities) > rows:
             raise ValueError(
-                f"{name}.clusters {list(params.clusters)}: K cannot exceed the {rows} "
+                f"{name}.clusters {list(params.granularities)}: K cannot exceed the {rows} "
                 f"training {what}; scale K with the data"
             )
         self.seed = seed
-        self.ks = tuple(params.clusters)
+        self.ks = tuple(params.granularities)
         self.start_epoch, self.every_epochs = params.start_epoch, params.every_epochs
         self.kmeans_iters = params.kmeans_iters
         self.memory_face = MemoryBank(rows, dim, params.memory_momentum, seed)

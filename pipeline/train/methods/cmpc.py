@@ -6,7 +6,8 @@ The paper's equations (the default, ``published_code=False``):
   after every batch (:class:`~pipeline.train.methods.clusters.MemoryBank`).
 - **Clustering** (per-epoch hook): from epoch ``start_epoch`` and then every ``every_epochs``,
   faiss k-means on each modality's memory separately at R granularities ``clusters`` (the paper:
-  500/1000/1500 for ~18k videos), with a concentration ``φ`` per cluster
+  500/1000/1500 for ~18k videos; ``multi_granularity: false`` keeps only the middle K, the
+  paper's single-granularity ablation), with a concentration ``φ`` per cluster
   (:func:`~pipeline.train.methods.clusters.concentration`).
 - **Instance contrast**: ``l_inst`` = the ``cid`` InfoNCE, the same code path
   (:func:`~pipeline.train.methods.common.cross_modal_info_nce`).
@@ -93,7 +94,7 @@ class CMPC(ClusteredMemories):
         super().__init__("cmpc", params, num_videos, "videos", dim, seed)
         self.params = params
         for m in ("face", "voice"):
-            for r, k in enumerate(params.clusters):
+            for r, k in enumerate(params.granularities):
                 self.register_buffer(f"{m}_centroids_{r}", torch.zeros(k, dim))
                 self.register_buffer(f"{m}_phi_{r}", torch.ones(k))
                 self.register_buffer(f"{m}_assign_{r}", torch.zeros(num_videos, dtype=torch.long))
@@ -122,7 +123,7 @@ class CMPC(ClusteredMemories):
         """Centroids, assignments and φ per granularity (and, with ``published_code``, the
         un-normalised member means)."""
         p = self.params
-        for r, (k, c) in enumerate(zip(p.clusters, clusterings, strict=True)):
+        for r, (k, c) in enumerate(zip(p.granularities, clusterings, strict=True)):
             cent, phi, assign = self.clusters(modality, r)
             cent.copy_(c.centroids)
             phi.copy_(concentration(c, k, p.phi_mean))
@@ -150,7 +151,7 @@ class CMPC(ClusteredMemories):
             return self.published_prototype_contrast(a, other, video)
         target = torch.arange(len(a), device=a.device)
         terms = []
-        for r in range(len(self.params.clusters)):
+        for r in range(len(self.params.granularities)):
             cent, phi, assign = self.clusters(other, r)
             k = assign[video]  # (B,)
             logits = (a @ cent[k].T) / phi[k][None, :]  # (B, B)
@@ -169,7 +170,7 @@ class CMPC(ClusteredMemories):
         order = torch.cat([cols[:, None], cols.expand(b, b)[off].view(b, b - 1)], dim=1)
         target = torch.zeros(b, dtype=torch.long, device=a.device)
         out = torch.zeros(b, dtype=a.dtype, device=a.device)
-        for r in range(len(self.params.clusters)):
+        for r in range(len(self.params.granularities)):
             cent, phi, assign = self.clusters(other, r)
             k = assign[video]  # (B,)
             proto = F.normalize(cent[k], dim=1)  # as the released code (ours are unit already)
@@ -184,7 +185,7 @@ class CMPC(ClusteredMemories):
         ``published_code`` the centroids are the un-normalised member means). -> (B,)."""
         pair = (F.normalize(voice.detach(), dim=1) * F.normalize(face.detach(), dim=1)).sum(1)
         proto = torch.zeros_like(pair)
-        for r in range(len(self.params.clusters)):
+        for r in range(len(self.params.granularities)):
             cv, _, av = self.clusters("voice", r)
             cf, _, af = self.clusters("face", r)
             if self.params.published_code:  # un-normalised centroids

@@ -1,13 +1,19 @@
-"""The methods by name: each one's params section, builder, training phases and head.
+"""The methods by name: each one's params section, module, training phases and head.
 
 The training stage (and the benchmarks) look a method up here and nowhere else. A method is one
-module (its loss as a ``torch.nn.Module`` and a ``build`` function), one section in
-``pipeline/params.py`` (and ``params.yaml``) and one :class:`Method` entry in :data:`METHODS`
-(see the README's "Adding a method").
+module (its loss as a ``torch.nn.Module`` and a ``build`` function; optionally ``phases`` and
+``head``), one section in ``pipeline/params.py`` (and ``params.yaml``) and one :class:`Method`
+entry in :data:`METHODS` (see the README's "Adding a method").
+
+The modules are imported by name when a method is used, never all at once: ``train@<method>``
+runs only its own method's module, so ``dvc.yaml`` lists only that module among its deps and an
+edit to one method reruns that method's stages alone (``tests/test_lineage.py`` checks the deps
+with :data:`METHODS`).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +24,6 @@ from torch import nn
 
 from pipeline.params import Params, TrainParams
 from pipeline.train.loop import PhaseResult, Run, TrainConfig, single_phase
-from pipeline.train.methods import bipseudo, cid, cmpc, wen2021
 from pipeline.train.pairs import PairData
 
 
@@ -26,23 +31,42 @@ from pipeline.train.pairs import PairData
 class Method:
     """``name``: as in ``params.yaml``'s ``methods`` and the stage names; ``section``: the
     attribute of :class:`~pipeline.params.Params` holding its params (the model the builder
-    takes); ``build(section, train params, training data, seed)``: the loss module; ``phases(run,
-    module, section)``: its training (default one run in ``state/main``); ``head``: the head both
-    encoders end in (:func:`pipeline.train.encoders.build_head`)."""
+    takes); ``module``: the module (a dotted name, imported on first use, or the module object)
+    that defines
+
+    - ``build(section, train params, training data, seed)``: the loss module;
+    - optionally ``phases(run, loss module, section)``: its training (default one run in
+      ``state/main``);
+    - optionally ``head(section)``: the name of the head both encoders end in
+      (:func:`pipeline.train.encoders.build_head`; default ``"none"``)."""
 
     name: str
     section: str
-    build: Callable[[Any, TrainParams, PairData, int], nn.Module]
-    phases: Callable[[Run, nn.Module, Any], PhaseResult] = single_phase
-    head: str = "none"
+    module: Any
+
+    def resolve(self) -> Any:
+        """The method's module (imported here when given by name)."""
+        return importlib.import_module(self.module) if isinstance(self.module, str) else self.module
+
+    def build(self, section: Any, train: TrainParams, data: PairData, seed: int) -> nn.Module:
+        built: nn.Module = self.resolve().build(section, train, data, seed)
+        return built
+
+    def phases(self) -> Callable[[Run, nn.Module, Any], PhaseResult]:
+        found: Callable[[Run, nn.Module, Any], PhaseResult] = getattr(
+            self.resolve(), "phases", single_phase
+        )
+        return found
+
+    def head(self, section: Any) -> str:
+        head = getattr(self.resolve(), "head", None)
+        return "none" if head is None else str(head(section))
 
 
-#: Every method the pipeline trains.
+#: Every method the pipeline trains (``pipeline/train/methods/<name>.py``).
 METHODS: list[Method] = [
-    Method("cid", "cid", cid.build),
-    Method("wen2021", "wen2021", wen2021.build, wen2021.phases),
-    Method("cmpc", "cmpc", cmpc.build),
-    Method("bipseudo", "bipseudo", bipseudo.build, head=bipseudo.BiPseudo.head),
+    Method(name, name, f"pipeline.train.methods.{name}")
+    for name in ("cid", "wen2021", "cmpc", "bipseudo")
 ]
 
 
@@ -106,7 +130,7 @@ def train_method(
         t.voice_encoder,
         t.voice_frames,
         seed,
-        head=entry.head,
+        head=entry.head(section),
         mirror_flip=t.mirror_flip,
     )
 
@@ -114,4 +138,4 @@ def train_method(
         return build_method(name, params, data, seed, methods)[0]
 
     run = Run(data, cfg, state, device, rebuild, progress)
-    return cfg, entry.phases(run, method, section)
+    return cfg, entry.phases()(run, method, section)

@@ -22,6 +22,18 @@ Training has two phases (:func:`phases`, the paper's two runs in one stage): the
 (``reweight_epochs``, in ``state/reweight``), then the main run (``train.epochs``, in
 ``state/main``) of fresh encoders and classifier with the first run's final identity weights
 frozen.
+
+The paper's ablation switches (``wen2021`` params, default on), on the same code path:
+
+- ``global_alignment`` off: the identity cross-entropies leave the encoders' loss. The
+  re-weighting still needs a hardness per identity, so (choice, the paper is silent) the
+  classifier then learns on *detached* embeddings during the re-weighting run, a probe whose
+  cross-entropy measures hardness without shaping the encoders.
+- ``local_alignment`` off: the N-pair term leaves the loss.
+- ``reweighting`` off: no re-weighting run; every identity weighs 1 in the main run.
+
+Global alignment and re-weighting off leave ``mean_i ½ (l_i(v→f) + l_i(f→v))``, the local-only
+N-pair method.
 """
 
 from __future__ import annotations
@@ -64,14 +76,21 @@ def local_alignment(anchor: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(torch.cat([const, masked], dim=1), dim=1)
 
 
-def published_loss(terms: dict[str, torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+def published_loss(
+    terms: dict[str, torch.Tensor], w: torch.Tensor, ce: bool = True, local: bool = True
+) -> torch.Tensor:
     """The released code's weighting of the per-sample terms (:meth:`Wen2021.per_sample`) by the
     batch's identity weights ``w`` (B,): the two cross-entropies' batch means times the batch-mean
-    weight, plus the per-sample weighted mean of the local term; ``w + 1`` when ``Σ w < 1e-3``."""
+    weight, plus the per-sample weighted mean of the local term; ``w + 1`` when ``Σ w < 1e-3``.
+    ``ce`` / ``local``: whether each part is in the loss (the ablation switches)."""
     if float(w.sum()) < PUBLISHED_EMPTY_BATCH:
         w = w + 1.0
-    ce = terms["ce_face"].mean() * w.mean() + terms["ce_voice"].mean() * w.mean()
-    return ce + (w * terms["local"]).mean()
+    loss = torch.zeros((), dtype=w.dtype, device=w.device)
+    if ce:
+        loss = loss + terms["ce_face"].mean() * w.mean() + terms["ce_voice"].mean() * w.mean()
+    if local:
+        loss = loss + (w * terms["local"]).mean()
+    return loss
 
 
 class Wen2021(nn.Module):
@@ -99,7 +118,7 @@ class Wen2021(nn.Module):
         )
         self.weights: torch.Tensor
         self.register_buffer("weights", torch.ones(num_identities))  # w_c, mean 1
-        self.reweighting = True
+        self.reweighting = params.reweighting  # updates the weights (the first phase only)
 
     def freeze(self, weights: torch.Tensor) -> None:
         """Main phase: use these identity weights, never update them."""
@@ -109,10 +128,15 @@ class Wen2021(nn.Module):
     def per_sample(
         self, face: torch.Tensor, voice: torch.Tensor, identity: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """The unweighted per-sample terms, each (B,)."""
+        """The unweighted per-sample terms, each (B,). With ``global_alignment`` off the
+        classifier sees detached embeddings (a hardness probe, module docstring)."""
+        if not self.params.global_alignment:
+            face_c, voice_c = face.detach(), voice.detach()
+        else:
+            face_c, voice_c = face, voice
         return {
-            "ce_face": F.cross_entropy(self.classifier(face), identity, reduction="none"),
-            "ce_voice": F.cross_entropy(self.classifier(voice), identity, reduction="none"),
+            "ce_face": F.cross_entropy(self.classifier(face_c), identity, reduction="none"),
+            "ce_voice": F.cross_entropy(self.classifier(voice_c), identity, reduction="none"),
             "local": 0.5 * (local_alignment(voice, face) + local_alignment(face, voice)),
         }
 
@@ -126,11 +150,19 @@ class Wen2021(nn.Module):
             if self.schedule.tick():
                 self.weights.copy_(self.schedule.weights())
         w = self.weights[identity]  # (B,)
-        if self.params.published_code:
-            loss = published_loss(t, w)
+        p = self.params
+        if p.published_code:
+            loss = published_loss(t, w, p.global_alignment, p.local_alignment)
         else:
-            total = t["ce_face"] + t["ce_voice"] + t["local"]
+            total = torch.zeros_like(t["local"])
+            if p.global_alignment:
+                total = total + t["ce_face"] + t["ce_voice"]
+            if p.local_alignment:
+                total = total + t["local"]
             loss = (w * total).mean()
+        if not p.global_alignment and self.training and self.reweighting:
+            # the hardness probe learns on detached embeddings: no gradient reaches the encoders
+            loss = loss + (t["ce_face"] + t["ce_voice"]).mean()
         return {
             "loss": loss,
             "identity_ce": (t["ce_face"] + t["ce_voice"]).mean().detach(),
@@ -227,9 +259,11 @@ def build(params: Wen2021Section, train: TrainParams, data: PairData, seed: int)
 def phases(run: Run, method: nn.Module, params: Wen2021Section) -> PhaseResult:
     """Phase 1, the re-weighting run; its final identity weights are frozen for phase 2, which
     trains fresh encoders and classifier (``run.rebuild()``). Reports ``identities_kept``, the
-    fraction of identities with a non-zero weight."""
+    fraction of identities with a non-zero weight. With ``reweighting`` off, phase 2 alone, every
+    identity weighing 1."""
     assert isinstance(method, Wen2021)
-    run.train(method, params, "reweight", replace(run.cfg, epochs=params.reweight_epochs))
+    if params.reweighting:
+        run.train(method, params, "reweight", replace(run.cfg, epochs=params.reweight_epochs))
     weights = method.weights.detach().clone()
     kept = round(float((weights > 0).float().mean()), 4)
     main = run.rebuild()
