@@ -101,7 +101,7 @@ def test_analysis_finds_a_helping_component_and_a_neutral_one() -> None:
     assert vhead[:3] == ("variant", "model", "set") and len(vrows) == 4
     assert erows[0][-1] == "supports" and len(erows) == 3
     text = "\n".join(markdown(result))
-    assert "wen2021.global_alignment=False" in text and "cannot tell" in text
+    assert "wen2021.global_alignment=false" in text and "cannot tell" in text
 
 
 def test_analysis_refuses_missing_variants_and_unequal_seeds() -> None:

@@ -19,6 +19,7 @@ from tests.conftest import REPO
 COPY = [
     "pipeline",
     "stages",
+    "reports/ablation",  # the report stage reads the ablations found there
     "dvc.yaml",
     "params.yaml",
     "pyproject.toml",
@@ -359,3 +360,58 @@ def test_changing_split_params_reruns_only_the_manifest(
     # Only the manifest is stale; the new splits then reach every stage below it.
     edit = ("val_fraction: 0.10", "val_fraction: 0.15")
     assert stale_after_edit(repo, env, *edit) == {"manifest"}
+
+
+MINI_ABLATION = """\
+mini:
+  paper: a two-variant ablation of wen2021
+  variants:
+    full: {model: wen2021}
+    local_only: {model: wen2021, set: {wen2021.global_alignment: false, wen2021.reweighting: false}}
+  effects:
+    - {component: global and re-weighting, claim: they add, with: full, without: local_only}
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_an_ablation_trains_only_its_method_and_reports_its_effects(
+    tiny_repo: tuple[Path, dict[str, str], float], tmp_path: Path
+) -> None:
+    repo, env, _ = tiny_repo
+
+    def commit(message: str) -> None:
+        _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo, env)
+        git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q"]
+        _run([*git, "--allow-empty", "-m", message], repo, env)
+
+    _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)  # settle
+    commit("settled")
+    spec = tmp_path / "ablations.yaml"
+    spec.write_text(MINI_ABLATION)
+    ablate = [sys.executable, "-m", "stages.run", sys.executable, "-m", "pipeline.ablate"]
+    out = _run([*ablate, "run", "mini", "--ablations", str(spec)], repo, env)
+    # The experiment reruns the changed method's stages only; preprocessing and the other
+    # methods are restored as they are.
+    wen = [s for s in ALL_STAGES if "@wen2021-" in s]
+    others = [s for s in ALL_STAGES if s not in wen and s not in ("aggregate", "report")]
+    assert_stages(out, ran=(*wen, "aggregate"), skipped=others)
+    result = json.loads((repo / "reports/ablation/mini.json").read_text())
+    effect = result["effects"][0]["1:2 V->F"]
+    assert effect["verdict"] in ("better", "worse", "not distinguishable")
+    assert effect["ci95_low"] <= effect["difference"] <= effect["ci95_high"]
+    assert set(result["variants"]) == {"full", "local_only"} and result["seeds"] == list(SEEDS)
+    assert result["experiments"]["local_only"]  # the experiment's commit, for tracing
+    # An edit to another method's code, rerun and committed: the ablation trains nothing again
+    # (the variant's stages come back from DVC's run cache).
+    cmpc = repo / "pipeline/train/methods/cmpc.py"
+    cmpc.write_text(cmpc.read_text() + "\n# an edit\n")
+    out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
+    assert_stages(out, ran=[s for s in ALL_STAGES if "@cmpc-" in s], skipped=wen)
+    commit("cmpc edited")
+    out = _run([*ablate, "run", "mini", "--ablations", str(spec)], repo, env)
+    assert "Running stage 'train@" not in out and "Running stage 'evaluate@" not in out
+    again = json.loads((repo / "reports/ablation/mini.json").read_text())
+    assert again["variants"] == result["variants"]  # the same figures
+    out = _run([sys.executable, "-m", "stages.run", "dvc", "repro", "report"], repo, env)
+    assert "## Ablations: the papers' claims, tested" in (repo / "reports/summary.md").read_text()

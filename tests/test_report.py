@@ -513,3 +513,27 @@ def test_warnings_section_and_trials_per_list(tmp_path: Path, inputs: loading.Re
             METHODS, paths["metrics"], paths["eval"], paths["train"], paths["trials"],
             paths["manifest"], "synth", SEED, [tmp_path / "absent.json"],
         )  # fmt: skip
+
+
+def test_an_ablation_result_becomes_the_ablation_section(tmp_path: Path) -> None:
+    from pipeline.evaluate.ablation import analyse, load_ablations
+    from tests.test_aggregate import _scored
+
+    paths = make_inputs(tmp_path / "in")
+    assert "Ablations" not in document.summary_markdown(load(paths), PROV)  # none: no section
+    ab = load_ablations(Path(__file__).resolve().parents[1] / "ablations.yaml")["wen2021"]
+    rng = np.random.default_rng(5)
+    p = {"full": 0.8, "no_reweighting": 0.8, "no_global": 0.78, "local_only": 0.6}
+    result = analyse(ab, {v: _scored("wen2021", x, (1, 2, 3), rng) for v, x in p.items()}, 200, 0)
+    _write(tmp_path / "ablation" / "wen2021.json", result)
+    inputs = loading.load_inputs(
+        METHODS, paths["metrics"], paths["eval"], paths["train"], paths["trials"],
+        paths["manifest"], "synth", SEED, ablation_dir=tmp_path / "ablation",
+    )  # fmt: skip
+    md = document.summary_markdown(inputs, PROV)
+    assert "## Ablations: the papers' claims, tested" in md and f"### {ab.paper}" in md
+    rows = _rows(md, ab.paper)
+    assert list(rows) == ["variant", "full", "no_reweighting", "no_global", "local_only"]
+    assert rows["local_only"][1] == "wen2021.global_alignment=false, wen2021.reweighting=false"
+    assert any("supports" in line for line in md.splitlines() if "local_only" in line)
+    assert "Ablations: the papers" in document.summary_html(inputs, PROV)

@@ -18,6 +18,7 @@ from the workspace or from the experiments) and returns, on the headline protoco
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,7 @@ def tables(result: dict[str, Any]) -> list[Table]:
     seeds = ", ".join(map(str, result["seeds"]))
     rows = []
     for name, row in result["variants"].items():
-        overrides = ", ".join(f"{k}={v}" for k, v in row["set"].items()) or "(main run)"
+        overrides = ", ".join(f"{k}={json.dumps(v)}" for k, v in row["set"].items())
         cells = []
         for label in labels:
             leaf = row.get(label)
@@ -189,7 +190,7 @@ def tables(result: dict[str, Any]) -> list[Table]:
                 continue
             hw = leaf["half_width"]
             cells.append(_pct(leaf["mean"]) + ("" if hw is None else f" ± {100 * hw:.1f}"))
-        rows.append((name, row["model"], overrides, *cells))
+        rows.append((name, row["model"], overrides or "(main run)", *cells))
     effects = []
     for e in result["effects"]:
         cells = []
