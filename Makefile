@@ -44,7 +44,8 @@ typecheck: install
 
 check: lint typecheck test  ## everything CI and the pre-commit hook run
 
-ablation-%: install  ## a paper's ablation (ablations.yaml) as DVC experiments, then its report section (after make demo)
+ABLATIONS := ablation-wen2021 ablation-cmpc ablation-bipseudo
+$(ABLATIONS): ablation-%: install  ## a paper's ablation (ablations.yaml) as DVC experiments, then its report section (after make demo)
 	python -m stages.run python -m pipeline.ablate run $*
 	python -m stages.run dvc repro report
 
