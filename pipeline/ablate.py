@@ -60,12 +60,11 @@ def _set_args(variant: Variant) -> list[str]:
     return args
 
 
-def _dvc(args: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+def _dvc(args: list[str]) -> None:
     print("$ dvc " + " ".join(args), flush=True)
     res = subprocess.run(["dvc", *args], text=True, check=False)
-    if check and res.returncode != 0:
+    if res.returncode != 0:
         raise SystemExit(f"error: dvc {' '.join(args)} failed (exit {res.returncode})")
-    return res
 
 
 def existing_experiments() -> dict[str, str]:

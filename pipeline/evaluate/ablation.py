@@ -19,7 +19,7 @@ from the workspace or from the experiments) and returns, on the headline protoco
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +126,7 @@ def analyse(
     seeds = {name: sc.seeds for name, sc in scored.items()}
     if len(set(seeds.values())) != 1:
         raise AblationError(f"ablation {ablation.name!r}: variants ran different seeds {seeds}")
-    renamed = [Scored(name, sc.seeds, sc.metrics, sc.outcomes) for name, sc in scored.items()]
-    ts = TrialStats(renamed)
+    ts = TrialStats([replace(sc, name=name) for name, sc in scored.items()])
     out: dict[str, Any] = {
         "ablation": ablation.name,
         "paper": ablation.paper,
