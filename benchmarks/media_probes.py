@@ -132,9 +132,7 @@ def quick_face_features(manifest: pd.DataFrame) -> dict[str, np.ndarray]:
     )
     ids, videos, _ = plan_corpus(spec)
     by_id = ids.set_index("identity")
-    det = FaceDetector(
-        DetectorConfig(p.face.min_face_size_px, p.face.thresholds, p.face.factor, 32)
-    )
+    det = FaceDetector(DetectorConfig.of(p.face))
     size = spec.frame_size_px
     t0 = time.perf_counter()
     frames = []

@@ -50,14 +50,9 @@ def _bare_faces(args: tuple[list[str], DetectorConfig, float]) -> int:
     paths, _, rate = args
     det = _DET
     assert det is not None
-    frames = [read_frames(p, rate)[1] for p in paths]
-    by_shape: dict[tuple[int, ...], list[np.ndarray]] = {}
-    for fr in frames:
-        for f in fr:
-            by_shape.setdefault(f.shape, []).append(f)
     n = 0
-    for group in by_shape.values():
-        n += sum(len(d.probs) > 0 for d in det.detect(np.stack(group)))
+    for p in paths:  # one clip per MTCNN call, as the stage
+        n += sum(len(d.probs) > 0 for d in det.detect(read_frames(p, rate)[1]))
     return n
 
 

@@ -103,6 +103,8 @@ class FaceStageParams(_Section):
 
     rate_fps: float = Field(gt=0)
     min_face_size_px: int = Field(ge=12)
+    #: the smallest face searched for, as a share of the frame's shorter side (0: off)
+    min_face_fraction: float = Field(0.0, ge=0, lt=1)
     thresholds: tuple[float, float, float]
     factor: float = Field(gt=0, lt=1)
     batch_size: int = Field(ge=1)

@@ -292,6 +292,14 @@ def write_table(frame: pd.DataFrame, path: Path | str, spec: TableSchema) -> Pat
     return target
 
 
+def merge_tables(parts: list[Path], path: Path | str, spec: TableSchema) -> Path:
+    """Write the rows of the tables ``parts`` (each a ``spec`` table) as one table at ``path``:
+    the bytes :func:`write_table` gives for their rows written at once (rows are sorted)."""
+    frames = [read_table(p, spec) for p in parts]
+    rows = [f for f in frames if len(f)] or frames[:1]
+    return write_table(pd.concat(rows, ignore_index=True), path, spec)
+
+
 def read_table(path: Path | str, spec: TableSchema) -> pd.DataFrame:
     """Read a table written by :func:`write_table`, checking its name and version."""
     p = Path(path)

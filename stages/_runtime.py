@@ -32,7 +32,8 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -107,22 +108,43 @@ def fail(message: str) -> NoReturn:
 
 
 @contextlib.contextmanager
-def prefect_api() -> Iterator[str]:
+def prefect_api(meanwhile: Callable[[], object] | None = None) -> Iterator[str]:
     """Make sure one Prefect API serves this process and every worker it starts.
 
     With ``PREFECT_API_URL`` set (a server started once for the whole ``dvc repro``, or the
     user's own for the UI), use it. Otherwise start one temporary server here and export its URL,
-    so that pool workers join it instead of each starting their own (5-7 s apiece).
+    so that pool workers join it instead of each starting their own (5-7 s apiece). The server
+    takes seconds to come up (its own imports and database): ``meanwhile`` (loading a model,
+    importing torch) runs in this thread while it does.
     """
     url = os.environ.get("PREFECT_API_URL")
     if url:
+        if meanwhile is not None:
+            meanwhile()
         yield url
         return
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     server = SubprocessASGIServer()
-    server.start()
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            server.start()
+        except BaseException as e:  # re-raised in the calling thread
+            errors.append(e)
+
+    starting = threading.Thread(target=start, name="prefect-server-start")
+    starting.start()
+    try:
+        if meanwhile is not None:
+            meanwhile()
+    finally:
+        starting.join()
+    if errors:
+        server.stop()
+        raise errors[0]
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):

@@ -1,8 +1,10 @@
 """Fan a per-shard function out over a stage's clips with Prefect, and gather its report.
 
 Shards are runs of ``shard_clips`` clips in clip-key order, named ``<stage>-<NNNNN>.parquet``:
-the names depend on params only, never on the worker count. Tasks receive clip references and
-return counts and failure rows; the arrays stay in the shard files.
+the names depend on params only, never on the worker count. A task processes a shard, or a part
+of one when there are fewer shards than workers (the parts are merged into the same bytes).
+Tasks receive clip references and return counts and failure rows; the arrays stay in the shard
+files.
 """
 
 from __future__ import annotations
@@ -18,16 +20,25 @@ from typing import Any
 
 import pandas as pd
 from prefect import task
+from prefect.futures import PrefectFuture
 
 from pipeline.atomic import atomic_dir
 from pipeline.preprocess.shards import ClipRef, ShardResult, clip_refs
-from pipeline.schema import FAILURES, MANIFEST, read_table, write_table
+from pipeline.schema import (
+    FAILURES,
+    MANIFEST,
+    TableSchema,
+    merge_tables,
+    read_table,
+    write_table,
+)
 from stages._runtime import (
     fail,
     limit_native_threads,
     prefect_api,
     stage_params,
     task_runner,
+    workers,
     write_json,
     write_timing,
 )
@@ -41,6 +52,25 @@ def decode_timeout_s() -> float:
 def shards(clips: list[ClipRef], size: int) -> list[list[ClipRef]]:
     ordered = sorted(clips, key=lambda c: c.clip_key)
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+
+def split_evenly(clips: list[ClipRef], parts: int) -> list[list[ClipRef]]:
+    """``clips`` in order, cut into ``parts`` runs whose lengths differ by at most one (fewer
+    runs when there are fewer clips)."""
+    n = min(parts, len(clips))
+    bounds = [round(i * len(clips) / n) for i in range(n + 1)] if n else [0]
+    return [clips[bounds[i] : bounds[i + 1]] for i in range(n)]
+
+
+def work_units(clips: list[ClipRef], shard_clips: int, workers: int) -> list[list[list[ClipRef]]]:
+    """Per shard, the clip runs that tasks process. Shards are the file layout (they depend on
+    ``shard_clips`` only); tasks are the unit of work. With fewer shards than workers, each
+    shard is split into ``ceil(workers / shards)`` tasks, so that every worker has work on small
+    inputs; their part files are merged into the shard, which holds the same rows as when one
+    task does it (shard functions process every clip on its own)."""
+    layout = shards(clips, shard_clips)
+    per_shard = -(-workers // len(layout)) if layout and len(layout) < workers else 1
+    return [split_evenly(s, per_shard) for s in layout]
 
 
 @task
@@ -65,13 +95,15 @@ def fan_out(
     root: str,
     cfg: Any,
     out: str,
+    spec: TableSchema,
 ) -> tuple[Counter[str], pd.DataFrame, list[tuple[str, str]]]:
-    """Every clip of ``manifest``, one task per shard; the shards and ``failures.parquet`` replace
-    the folder ``out`` whole. Returns the summed counts, the failure rows and the flagged clips
-    (:attr:`pipeline.preprocess.shards.ShardResult.flagged`). Prints progress as shards finish."""
+    """Every clip of ``manifest``, in tasks of at most one shard (:func:`work_units`); the
+    shards (tables ``spec``) and ``failures.parquet`` replace the folder ``out`` whole. Returns
+    the summed counts, the failure rows and the flagged clips
+    (:attr:`pipeline.preprocess.shards.ShardResult.flagged`). Prints progress as tasks finish."""
     clips = clip_refs(read_table(manifest, MANIFEST))
     with atomic_dir(out) as tmp:
-        return _fan_out(stage, fn, clips, shard_clips, Path(root), cfg, tmp)
+        return _fan_out(stage, fn, clips, shard_clips, Path(root), cfg, tmp, spec)
 
 
 def _fan_out(
@@ -82,33 +114,42 @@ def _fan_out(
     root: Path,
     cfg: Any,
     out_dir: Path,
+    spec: TableSchema,
 ) -> tuple[Counter[str], pd.DataFrame, list[tuple[str, str]]]:
-    futures = [
-        run_shard.submit(
-            fn, part, str(root), cfg, str(out_dir / f"{stage}-{i:05d}.parquet"), decode_timeout_s()
-        )
-        for i, part in enumerate(shards(clips, shard_clips))
-    ]
+    units = work_units(clips, shard_clips, workers())
+    jobs: list[tuple[int, Path, PrefectFuture[ShardResult]]] = []
+    for i, parts in enumerate(units):
+        shard = out_dir / f"{stage}-{i:05d}.parquet"
+        for j, part in enumerate(parts):
+            path = shard if len(parts) == 1 else out_dir / f".{shard.stem}.part{j:03d}.parquet"
+            jobs.append(
+                (i, path, run_shard.submit(fn, part, str(root), cfg, str(path), decode_timeout_s()))
+            )
     total = ShardResult()
     t0, done = time.perf_counter(), 0
-    for i, f in enumerate(futures):
+    for k, (i, _, f) in enumerate(jobs):
         res: ShardResult = f.result()
         total.counts.update(res.counts)
         total.failures += res.failures
         total.flagged += res.flagged
         done += res.counts["clips_in"]
-        progress(stage, done, len(clips), i + 1, len(futures), time.perf_counter() - t0)
+        progress(stage, done, len(clips), k + 1, len(jobs), time.perf_counter() - t0)
+        if len(units[i]) > 1 and (k + 1 == len(jobs) or jobs[k + 1][0] != i):
+            written = [path for s, path, _ in jobs if s == i]
+            merge_tables(written, out_dir / f"{stage}-{i:05d}.parquet", spec)
+            for path in written:
+                path.unlink()
     table = pd.DataFrame(total.failures, columns=FAILURES.schema.names)
     write_table(table, out_dir / "failures.parquet", FAILURES)
     return total.counts, table, total.flagged
 
 
-def progress(stage: str, done: int, total: int, shards: int, of: int, wall_s: float) -> None:
-    """One line on stderr per finished shard: clips done of total, rate, time left."""
+def progress(stage: str, done: int, total: int, tasks: int, of: int, wall_s: float) -> None:
+    """One line on stderr per finished task: clips done of total, rate, time left."""
     rate = done / max(wall_s, 1e-9)
     left = (total - done) / rate if rate > 0 else float("nan")
     print(
-        f"{stage}: {done}/{total} clips ({shards}/{of} shards), {rate:.1f} clips/s, "
+        f"{stage}: {done}/{total} clips ({tasks}/{of} tasks), {rate:.1f} clips/s, "
         f"~{left:.0f} s left",
         file=sys.stderr,
         flush=True,
@@ -129,9 +170,11 @@ def run_stage(
     section: str,
     flow: Callable[..., dict[str, Any]],
     argv: list[str] | None,
+    warm: Callable[[Any], object] | None = None,
 ) -> None:
     """The command line of a preprocessing stage ``name`` (params section ``section``): run
-    ``flow(manifest, root, params, out)``, write the report, fail past the failure threshold."""
+    ``flow(manifest, root, params, out)``, write the report, fail past the failure threshold.
+    ``warm(section params)`` (load models, import torch) runs while the Prefect server starts."""
     ap = argparse.ArgumentParser(description=doc)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--manifest", default="data/manifest/clips.parquet")
@@ -141,7 +184,7 @@ def run_stage(
     params = stage_params(args.params)
     limit_native_threads()
     p = getattr(params, section)
-    with prefect_api():
+    with prefect_api(meanwhile=None if warm is None else lambda: warm(p)):
         report = flow.with_options(task_runner=task_runner())(  # type: ignore[attr-defined]
             args.manifest, params.data.root, p, args.out
         )

@@ -18,14 +18,15 @@ from prefect import flow
 
 from pipeline.params import FaceStageParams
 from pipeline.preprocess.detector import DetectorConfig
-from pipeline.preprocess.face_tracks import FaceConfig, face_shard
+from pipeline.preprocess.face_tracks import FaceConfig, detector, face_shard
+from pipeline.schema import FACE_FRAMES
 from stages._shards import failure_summary, fan_out, run_stage
 
 
 def face_config(p: FaceStageParams) -> FaceConfig:
     return FaceConfig(
         rate_fps=p.rate_fps,
-        detector=DetectorConfig(p.min_face_size_px, p.thresholds, p.factor, p.batch_size),
+        detector=DetectorConfig.of(p),
         min_prob=p.min_prob,
         margin=p.margin,
         crop_size_px=p.crop_size_px,
@@ -38,7 +39,14 @@ def faces_flow(manifest: str, root: str, params: FaceStageParams, out: str) -> d
     """Process every clip of the manifest into ``out``; returns the stage report."""
     t0 = time.perf_counter()
     counts, failures, flagged = fan_out(
-        "faces", face_shard, manifest, params.shard_clips, root, face_config(params), out
+        "faces",
+        face_shard,
+        manifest,
+        params.shard_clips,
+        root,
+        face_config(params),
+        out,
+        FACE_FRAMES,
     )
     wall = time.perf_counter() - t0
     sampled = counts["frames_sampled"]
@@ -82,8 +90,13 @@ def competing_warning(flagged: list[tuple[str, str]], clips_out: int) -> list[st
     ]
 
 
+def warm(p: FaceStageParams) -> None:
+    """Import torch and load MTCNN (the tasks' shared detector) before the flow starts."""
+    detector(face_config(p).detector)
+
+
 def main(argv: list[str] | None = None) -> None:
-    run_stage(__doc__ or "", "faces", "face", faces_flow, argv)
+    run_stage(__doc__ or "", "faces", "face", faces_flow, argv, warm)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from prefect import flow
 from pipeline.params import VoiceStageParams
 from pipeline.preprocess.vad import VadConfig
 from pipeline.preprocess.voice_features import FeatureConfig, VoiceConfig, voice_shard
+from pipeline.schema import VOICE_FEATURES
 from stages._shards import failure_summary, fan_out, run_stage
 
 
@@ -45,7 +46,14 @@ def voice_flow(manifest: str, root: str, params: VoiceStageParams, out: str) -> 
     """Process every clip of the manifest into ``out``; returns the stage report."""
     t0 = time.perf_counter()
     counts, failures, _ = fan_out(
-        "voice", voice_shard, manifest, params.shard_clips, root, voice_config(params), out
+        "voice",
+        voice_shard,
+        manifest,
+        params.shard_clips,
+        root,
+        voice_config(params),
+        out,
+        VOICE_FEATURES,
     )
     wall = time.perf_counter() - t0
     audio_s = counts["audio_ms"] / 1000
@@ -68,8 +76,14 @@ def voice_flow(manifest: str, root: str, params: VoiceStageParams, out: str) -> 
     return report
 
 
+def warm(p: VoiceStageParams) -> None:
+    """Import torch and torchaudio's front ends (the tasks' first call would) before the flow."""
+    import torchaudio.compliance.kaldi
+    import torchaudio.transforms  # noqa: F401
+
+
 def main(argv: list[str] | None = None) -> None:
-    run_stage(__doc__ or "", "voice", "voice", voice_flow, argv)
+    run_stage(__doc__ or "", "voice", "voice", voice_flow, argv, warm)
 
 
 if __name__ == "__main__":

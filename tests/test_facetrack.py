@@ -102,6 +102,31 @@ def test_face_shard_on_generated_clips_with_bad_files(
     assert list(frames.clip_key) == sorted(frames.clip_key)
 
 
+def test_a_clip_gets_the_same_rows_alone_as_in_a_full_shard(
+    small_corpus: tuple[Path, pd.DataFrame, pd.DataFrame], tmp_path: Path
+) -> None:
+    """Detections do not depend on the batch: boxes, landmarks, kept frames and crops of a clip
+    processed alone equal, exactly, those it gets in a shard with every other clip."""
+    root, clips, _ = small_corpus
+    refs = _refs(root, clips)
+    face_shard(refs, root, CFG, tmp_path / "all.parquet", timeout_s=30)
+    together = read_table(tmp_path / "all.parquet", FACE_FRAMES)
+    for ref in (refs[0], refs[len(refs) // 2], refs[-1]):
+        face_shard([ref], root, CFG, tmp_path / "one.parquet", timeout_s=30)
+        alone = read_table(tmp_path / "one.parquet", FACE_FRAMES)
+        mine = together[together.clip_key == ref.clip_key].reset_index(drop=True)
+        assert len(alone) > 0
+        pd.testing.assert_frame_equal(alone, mine, check_exact=True)
+
+
+def test_min_face_fraction_scales_with_the_frame() -> None:
+    cfg = DetectorConfig(40, (0.6, 0.7, 0.7), 0.709, 32, min_face_fraction=0.3)
+    assert cfg.min_face_for(224, 224) == 67
+    assert cfg.min_face_for(360, 480) == 108
+    assert cfg.min_face_for(100, 100) == 40  # never below min_face_size_px
+    assert CFG.detector.min_face_for(720, 1280) == 40  # off by default
+
+
 def _slow_decode(kind: str, path: str, rate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if path.endswith("hang.mp4"):
         time.sleep(60)

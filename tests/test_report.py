@@ -525,11 +525,15 @@ def test_an_ablation_result_becomes_the_ablation_section(tmp_path: Path) -> None
     rng = np.random.default_rng(5)
     p = {"full": 0.8, "no_reweighting": 0.8, "no_global": 0.78, "local_only": 0.6}
     result = analyse(ab, {v: _scored("wen2021", x, (1, 2, 3), rng) for v, x in p.items()}, 200, 0)
-    _write(tmp_path / "ablation" / "wen2021.json", result)
-    inputs = loading.load_inputs(
-        METHODS, paths["metrics"], paths["eval"], paths["train"], paths["trials"],
-        paths["manifest"], "synth", SEED, ablation_dir=tmp_path / "ablation",
-    )  # fmt: skip
+
+    def with_ablation(result: dict[str, Any]) -> loading.ReportInputs:
+        _write(tmp_path / "ablation" / "wen2021.json", result)
+        return loading.load_inputs(
+            METHODS, paths["metrics"], paths["eval"], paths["train"], paths["trials"],
+            paths["manifest"], "synth", SEED, ablation_dir=tmp_path / "ablation",
+        )  # fmt: skip
+
+    inputs = with_ablation(result)
     md = document.summary_markdown(inputs, PROV)
     assert "## Ablations: the papers' claims, tested" in md and f"### {ab.paper}" in md
     rows = _rows(md, ab.paper)
@@ -537,3 +541,9 @@ def test_an_ablation_result_becomes_the_ablation_section(tmp_path: Path) -> None
     assert rows["local_only"][1] == "wen2021.global_alignment=false, wen2021.reweighting=false"
     assert any("supports" in line for line in md.splitlines() if "local_only" in line)
     assert "Ablations: the papers" in document.summary_html(inputs, PROV)
+    assert "Stale" not in md  # wen2021 is not among this report's methods
+    # The report's own methods: a main-run variant that scores otherwise now is flagged.
+    result["variants"]["full"]["model"] = METHODS[0]
+    md = document.summary_markdown(with_ablation(result), PROV)
+    assert "**Stale: measured on other inputs than this report's**" in md
+    assert f"full ({METHODS[0]}): 1:2 V->F" in md and "make ablation-wen2021" in md

@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 
 from pipeline.params import load_params
+from pipeline.preprocess.shards import ClipRef
 from pipeline.schema import FACE_FRAMES, MANIFEST, VOICE_FEATURES, read_table, write_table
 from stages._runtime import prefect_api, task_runner
+from stages._shards import work_units
 from stages.faces import faces_flow
 from stages.voice import voice_flow
 from tests.conftest import REPO
@@ -74,3 +76,80 @@ def test_process_pool_and_dask_cluster_give_identical_output(
             }
     for kind in ("faces", "voice"):
         pd.testing.assert_frame_equal(out["process"][kind], out["dask"][kind])
+
+
+@pytest.mark.slow
+def test_a_shard_split_across_workers_is_the_same_bytes(
+    small_corpus: tuple[Path, pd.DataFrame, pd.DataFrame],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fewer shards than workers: the shard is cut into one task per worker and the parts merged;
+    the shard file is byte for byte the one a single task writes."""
+    root, clips, _ = small_corpus
+    manifest = _manifest(root, clips, tmp_path / "clips.parquet")
+    p = load_params(REPO / "params.yaml")
+    face = p.face.model_copy(update={"shard_clips": 1000})
+    voice = p.voice.model_copy(update={"shard_clips": 1000})
+    bytes_of: dict[str, dict[str, bytes]] = {}
+    monkeypatch.setenv("VOXFACE_RUNNER", "thread")
+    with prefect_api():
+        for n in ("1", "3"):
+            monkeypatch.setenv("VOXFACE_WORKERS", n)
+            d = tmp_path / f"w{n}"
+            faces_flow.with_options(task_runner=task_runner())(
+                str(manifest), str(root), face, str(d / "faces")
+            )
+            voice_flow.with_options(task_runner=task_runner())(
+                str(manifest), str(root), voice, str(d / "voice")
+            )
+            assert sorted(os.listdir(d / "faces")) == ["faces-00000.parquet", "failures.parquet"]
+            assert sorted(os.listdir(d / "voice")) == ["failures.parquet", "voice-00000.parquet"]
+            bytes_of[n] = {
+                k: (d / k / f"{k}-00000.parquet").read_bytes() for k in ("faces", "voice")
+            }
+    assert bytes_of["1"] == bytes_of["3"]
+    assert len(read_table(tmp_path / "w3" / "faces" / "faces-00000.parquet", FACE_FRAMES)) > 0
+
+
+def _keys(units: list[list[list[ClipRef]]]) -> list[list[list[str]]]:
+    return [[[c.clip_key for c in part] for part in shard] for shard in units]
+
+
+def test_work_units_keep_the_shard_layout_and_give_every_worker_a_task() -> None:
+    clips = [ClipRef(f"id/{i:02d}", f"{i}.mp4", "video", None) for i in reversed(range(14))]
+    keys = [f"id/{i:02d}" for i in range(14)]
+    # Enough shards: one task per shard, in clip-key order.
+    assert _keys(work_units(clips, 4, 2)) == [[keys[i : i + 4]] for i in range(0, 14, 4)]
+    # One shard, two workers: two tasks of 7.
+    assert _keys(work_units(clips, 64, 2)) == [[keys[:7], keys[7:]]]
+    # Two shards (10 + 4), eight workers: four tasks each, sizes within one of each other.
+    units = work_units(clips, 10, 8)
+    assert [[len(p) for p in s] for s in units] == [[2, 3, 3, 2], [1, 1, 1, 1]]
+    assert [c for s in _keys(units) for p in s for c in p] == keys
+    # Never more tasks than clips, never an empty one.
+    assert _keys(work_units(clips[:3], 64, 16)) == [[["id/11"], ["id/12"], ["id/13"]]]
+    assert work_units([], 64, 4) == []
+
+
+@pytest.mark.slow
+def test_prefect_api_runs_meanwhile_and_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A temporary server comes up while ``meanwhile`` runs; it serves, and it is gone after.
+    An error in ``meanwhile`` propagates and leaves no server behind."""
+    import httpx
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    calls: list[str] = []
+    with prefect_api(meanwhile=lambda: calls.append("warm")) as url:
+        assert calls == ["warm"] and os.environ["PREFECT_API_URL"] == url
+        assert httpx.get(f"{url}/health").status_code == 200
+    assert "PREFECT_API_URL" not in os.environ
+
+    def broken() -> None:
+        raise RuntimeError("model failed to load")
+
+    with pytest.raises(RuntimeError, match="model failed to load"), prefect_api(meanwhile=broken):
+        pass
+    assert "PREFECT_API_URL" not in os.environ
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/health")

@@ -2,25 +2,45 @@
 
 facenet-pytorch's ``detect`` returns object arrays (``None`` where no face was found); this
 adapter returns plain float arrays per frame instead. The MTCNN weights ship in the wheel, so no
-download happens here.
+download happens here. torch and facenet-pytorch load when a detector is made, not on import (a
+stage starts its Prefect server meanwhile).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    from pipeline.params import FaceStageParams
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """MTCNN settings (the field's: thresholds 0.6/0.7/0.7, factor 0.709)."""
+    """MTCNN settings (the field's: thresholds 0.6/0.7/0.7, factor 0.709, min face 20 px).
+
+    ``min_face_fraction`` raises the smallest face searched for to that share of the frame's
+    shorter side (``max(min_face_size_px, fraction x side)``): in a face track the face fills much
+    of the frame, and MTCNN's image pyramid starts at ``12 / min_face`` of the frame, so its
+    largest (costliest) levels look only for faces smaller than any the track can hold.
+    """
 
     min_face_size_px: int
     thresholds: tuple[float, float, float]
     factor: float
     batch_size: int
+    min_face_fraction: float = 0.0
+
+    @classmethod
+    def of(cls, p: FaceStageParams) -> DetectorConfig:
+        """The detector settings of the ``face`` params section."""
+        return cls(p.min_face_size_px, p.thresholds, p.factor, p.batch_size, p.min_face_fraction)
+
+    def min_face_for(self, height: int, width: int) -> int:
+        """The smallest face side (px) searched for in frames of this size."""
+        return max(self.min_face_size_px, int(self.min_face_fraction * min(height, width)))
 
 
 @dataclass(frozen=True)
@@ -33,7 +53,10 @@ class Detections:
 
 
 class FaceDetector:
-    """MTCNN on the CPU or the device given; frames are (K, H, W, 3) uint8 RGB arrays."""
+    """MTCNN on the CPU or the device given; frames are (K, H, W, 3) uint8 RGB arrays.
+
+    Calls facenet-pytorch's ``detect_face`` (what ``MTCNN.detect`` runs) with the smallest face
+    for the frames' size; one detector may serve several threads."""
 
     def __init__(self, cfg: DetectorConfig, device: str = "cpu") -> None:
         from facenet_pytorch import MTCNN
@@ -50,21 +73,29 @@ class FaceDetector:
         )
 
     def detect(self, frames: np.ndarray) -> list[Detections]:
-        """Detect faces in each frame (all frames must share one size)."""
+        """Detect faces in each frame (all frames must share one size), ``cfg.batch_size`` frames
+        per MTCNN call. A frame's detections depend on the frames it is batched with in the last
+        float bits (candidate boxes of the whole batch go through R-Net and O-Net together), so
+        callers that need a clip's results to be its own pass one clip at a time."""
+        import torch
+        from facenet_pytorch.models.utils.detect_face import detect_face
+
         out: list[Detections] = []
+        m = self._mtcnn
+        min_face = self.cfg.min_face_for(*frames.shape[1:3])  # not set on m: threads share it
         for i in range(0, len(frames), self.cfg.batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(frames[i : i + self.cfg.batch_size]))
             with torch.inference_mode():
-                boxes, probs, points = self._mtcnn.detect(batch, landmarks=True)
-            for b, p, lm in zip(boxes, probs, points, strict=True):
-                if b is None:
-                    out.append(Detections(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))))
-                else:
-                    out.append(
-                        Detections(
-                            np.asarray(b, dtype=np.float64).reshape(-1, 4),
-                            np.asarray(p, dtype=np.float64).reshape(-1),
-                            np.asarray(lm, dtype=np.float64).reshape(-1, 5, 2),
-                        )
+                boxes, points = detect_face(
+                    batch, min_face, m.pnet, m.rnet, m.onet, m.thresholds, m.factor, m.device
+                )
+            for b, lm in zip(boxes, points, strict=True):
+                b = np.asarray(b, dtype=np.float64).reshape(-1, 5)
+                out.append(
+                    Detections(
+                        np.ascontiguousarray(b[:, :4]),
+                        b[:, 4].copy(),
+                        np.asarray(lm, dtype=np.float64).reshape(-1, 5, 2),
                     )
+                )
         return out

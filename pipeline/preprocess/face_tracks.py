@@ -124,7 +124,7 @@ class FaceConfig:
 _detectors: dict[DetectorConfig, FaceDetector] = {}
 
 
-def _detector(cfg: DetectorConfig) -> FaceDetector:
+def detector(cfg: DetectorConfig) -> FaceDetector:
     """One MTCNN per worker process and configuration (loading takes ~0.1 s).
 
     Torch runs one thread whatever ``VOXFACE_THREADS`` says: MTCNN's boxes depend on its thread
@@ -144,10 +144,10 @@ def face_shard(
 
     ``frame_index`` is the crop's frame number for VoxCeleb1 crops and the sample time in ms for
     decoded videos. Frames without a confident face are dropped and counted; a clip without any
-    becomes a failure row.
+    becomes a failure row. Each clip is detected on its own, so its rows are the same whatever
+    clips share its shard.
     """
     res = ShardResult()
-    decoded: list[tuple[ClipRef, np.ndarray, np.ndarray, np.ndarray]] = []
     items: list[tuple[ClipRef, Path, tuple[Any, ...]]] = []
     for clip in clips:
         res.counts["clips_in"] += 1
@@ -157,22 +157,12 @@ def face_shard(
         crops = clip.media_kind == "audio_crops"
         path = root / (clip.face_dir if crops and clip.face_dir else clip.media_path)
         items.append((clip, path, (clip.media_kind, str(path), cfg.rate_fps)))
-    for clip, (t, idx, fr) in decode_each(res, items, timeout_s, read_face_frames):
-        decoded.append((clip, t, idx, fr))
-    # Detect in batches across clips (frames of one size per batch).
-    det = _detector(cfg.detector)
-    by_shape: dict[tuple[int, ...], list[tuple[int, int]]] = {}
-    for ci, (_, _, _, fr) in enumerate(decoded):
-        for fi in range(len(fr)):
-            by_shape.setdefault(fr.shape[1:], []).append((ci, fi))
-    found: dict[tuple[int, int], Detections] = {}
-    for refs in by_shape.values():
-        batch = np.stack([decoded[ci][3][fi] for ci, fi in refs])
-        for ref, d in zip(refs, det.detect(batch), strict=True):
-            found[ref] = d
+    det = detector(cfg.detector)
     rows: list[dict[str, Any]] = []
-    for ci, (clip, times, idx, frames) in enumerate(decoded):
-        dets = [found[(ci, fi)] for fi in range(len(frames))]
+    # One clip per MTCNN call (the next clip decodes meanwhile): a clip's detections are its own,
+    # whatever clips share its shard (MTCNN's last bits depend on the batch).
+    for clip, (times, idx, frames) in decode_each(res, items, timeout_s, read_face_frames):
+        dets = det.detect(frames)
         h, w = frames.shape[1:3]
         track = select_track(dets, w, h, cfg.min_prob)
         res.counts["frames_sampled"] += len(frames)
@@ -220,7 +210,9 @@ def face_shard(
             res.fail(
                 clip,
                 "no_face",
-                f"no face with prob >= {cfg.min_prob} in {len(frames)} sampled frames",
+                f"no face with prob >= {cfg.min_prob} in {len(frames)} sampled frames (faces "
+                f"under {cfg.detector.min_face_for(h, w)} px are not searched for: "
+                "face.min_face_size_px, face.min_face_fraction)",
             )
     write_table(pd.DataFrame(rows, columns=FACE_FRAMES.schema.names), out, FACE_FRAMES)
     return res

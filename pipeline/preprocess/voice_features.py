@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from pipeline.preprocess.shards import ClipRef, ShardResult, decode_each
 from pipeline.preprocess.vad import VadConfig, read_speech
@@ -47,6 +46,8 @@ def log_mel(audio: np.ndarray, sample_rate_hz: int, cfg: FeatureConfig) -> np.nd
     win = int(round(sample_rate_hz * cfg.win_ms / 1000))
     if len(audio) < win:
         return np.zeros((0, cfg.n_mels), dtype=np.float32)
+    import torch  # on first use: a stage starts its Prefect server while torch loads
+
     x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
     with torch.inference_mode():
         if cfg.front_end == "fbank":
@@ -96,6 +97,8 @@ def voice_shard(
 
     Torch runs one thread (as for MTCNN in the faces stage): the features then cannot depend on
     the machine's core count, which it would otherwise take."""
+    import torch
+
     torch.set_num_threads(1)
     res = ShardResult()
     rows: list[dict[str, Any]] = []

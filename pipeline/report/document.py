@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import atomic_dir, atomic_path
+from pipeline.evaluate.ablation import stale_variants
 from pipeline.evaluate.ablation import tables as ablation_tables
 from pipeline.evaluate.metrics import margin_fraction as oracle_fraction
 from pipeline.report.figures import Figure
@@ -398,6 +399,15 @@ def _ablation_blocks(inputs: ReportInputs) -> list[_Block]:
     ]
     for result in inputs.ablations:
         out.append(_Heading(3, str(result.get("paper", result.get("ablation", "?")))))
+        stale = stale_variants(result, dict(inputs.metrics))
+        if stale:
+            out.append(
+                _Para(
+                    "**Stale: measured on other inputs than this report's** (a variant from the "
+                    f"main run scores otherwise now: {'; '.join(stale)}). Run "
+                    f"`make ablation-{result.get('ablation', '<paper>')}` again."
+                )
+            )
         for caption, header, rows in ablation_tables(result):
             out.append(_Para(caption))
             out.append(_Table(header, tuple(rows), label_cols=3 if header[0] == "variant" else 2))

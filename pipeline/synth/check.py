@@ -93,9 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = ap.parse_args(argv)
     p = load_params(args.params)
-    det = DetectorConfig(
-        p.face.min_face_size_px, p.face.thresholds, p.face.factor, p.face.batch_size
-    )
+    det = DetectorConfig.of(p.face)
     vad = VadConfig(p.voice.vad_aggressiveness, p.voice.vad_frame_ms, 0, p.voice.energy_gate_db)
     print(
         json.dumps(check_corpus(args.root, args.fps, det, vad, args.workers, args.limit), indent=2)

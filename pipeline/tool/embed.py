@@ -34,8 +34,8 @@ from PIL import Image
 from pipeline.params import MethodName, ParamsError, load_params
 from pipeline.preprocess.face_tracks import (
     FaceConfig,
-    _detector,
     crop_face,
+    detector,
     face_shard,
     select_track,
 )
@@ -282,7 +282,7 @@ def image_face(path: Path, s: Settings, aligned: bool) -> np.ndarray:
     except OSError as e:  # PIL's UnidentifiedImageError is an OSError
         raise ToolError(f"{path}: cannot read the image ({type(e).__name__})") from e
     if not aligned:
-        det = _detector(s.face.detector).detect(frame[None])[0]
+        det = detector(s.face.detector).detect(frame[None])[0]
         k = select_track([det], frame.shape[1], frame.shape[0], s.face.min_prob)[0]
         if k is None:
             raise ToolError(
