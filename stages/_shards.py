@@ -139,6 +139,9 @@ def _fan_out(
             merge_tables(written, out_dir / f"{stage}-{i:05d}.parquet", spec)
             for path in written:
                 path.unlink()
+    # A worker lost mid-write leaves its temporary file (Dask reran the task elsewhere).
+    for stray in out_dir.glob(".*"):
+        stray.unlink()
     table = pd.DataFrame(total.failures, columns=FAILURES.schema.names)
     write_table(table, out_dir / "failures.parquet", FAILURES)
     return total.counts, table, total.flagged

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -153,3 +154,92 @@ def test_prefect_api_runs_meanwhile_and_serves(monkeypatch: pytest.MonkeyPatch) 
     assert "PREFECT_API_URL" not in os.environ
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/health")
+
+
+@pytest.mark.slow
+def test_a_real_dask_cluster_survives_a_killed_worker(
+    small_corpus: tuple[Path, pd.DataFrame, pd.DataFrame],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``dask scheduler`` and two ``dask worker`` processes started apart from the stage; one
+    worker is SIGKILLed while it runs a shard task. Dask reruns the task on the other worker:
+    every clip is in the output once, the shards are the bytes a thread pool writes, and no
+    temporary file is left behind."""
+    import contextlib
+    import json
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    from distributed import Client
+
+    root, clips, _ = small_corpus
+    manifest = _manifest(root, clips, tmp_path / "clips.parquet")
+    face = load_params(REPO / "params.yaml").face.model_copy(update={"shard_clips": 1})
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False", "PYTHONPATH": str(REPO)}
+    sched_file = tmp_path / "scheduler.json"
+    dask, quiet = [sys.executable, "-m", "dask"], ["--no-dashboard"]
+    killed: list[int] = []
+    deadline = time.monotonic() + 300
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(prefect_api())  # first: the server is slow to start on a busy machine
+        procs = [
+            subprocess.Popen(
+                [*dask, "scheduler", "--scheduler-file", str(sched_file), "--port", "0", *quiet],
+                env=env,
+                stderr=subprocess.DEVNULL,
+            )
+        ]
+        stack.callback(lambda: [(p.kill(), p.wait(timeout=30)) for p in procs])
+        while not sched_file.is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)  # the file is written, then filled
+        address = json.loads(sched_file.read_text())["address"]
+        for i in range(2):
+            procs.append(
+                subprocess.Popen(
+                    [*dask, "worker", address, "--nthreads", "1", "--name", f"w{i}", *quiet],
+                    env=env,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        client = stack.enter_context(Client(address))
+        client.wait_for_workers(2, timeout=300)
+
+        def kill_a_busy_worker() -> None:
+            while time.monotonic() < deadline:
+                busy = [w for w, tasks in client.processing().items() if tasks]
+                if busy:
+                    pid = client.run(os.getpid, workers=busy[:1])[busy[0]]
+                    time.sleep(0.3)  # into the task: decoding or detecting
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+                time.sleep(0.05)
+
+        killer = threading.Thread(target=kill_a_busy_worker, daemon=True)
+        killer.start()
+        monkeypatch.setenv("VOXFACE_RUNNER", "dask")
+        monkeypatch.setenv("VOXFACE_DASK_ADDRESS", address)
+        report = faces_flow.with_options(task_runner=task_runner())(
+            str(manifest), str(root), face, str(tmp_path / "dask")
+        )
+        killer.join(timeout=5)
+        monkeypatch.setenv("VOXFACE_RUNNER", "thread")
+        monkeypatch.setenv("VOXFACE_WORKERS", "2")
+        faces_flow.with_options(task_runner=task_runner())(
+            str(manifest), str(root), face, str(tmp_path / "thread")
+        )
+    assert len(killed) == 1  # (the nanny of `dask worker` starts a new worker process)
+    assert report["clips_in"] == report["clips_out"] == len(clips) and report["failures"] == 0
+    names = sorted(os.listdir(tmp_path / "dask"))
+    assert names == sorted(os.listdir(tmp_path / "thread"))
+    assert names == [*(f"faces-{i:05d}.parquet" for i in range(len(clips))), "failures.parquet"]
+    for n in names:
+        assert (tmp_path / "dask" / n).read_bytes() == (tmp_path / "thread" / n).read_bytes(), n
+    got = _tables(tmp_path / "dask", FACE_FRAMES, "faces")
+    keys = clips.path.str.removeprefix("mp4/").str.removesuffix(".mp4")
+    assert set(got.clip_key) == set(keys)
+    assert not got.duplicated(["clip_key", "frame_index"]).any()
