@@ -179,7 +179,9 @@ def stale_variants(
         agg = aggregates.get(row["model"])
         if row["set"] or agg is None:
             continue
-        for label, key in result["protocols"].items():
+        order = [*(p for p in PROTOCOLS if p in result["protocols"]), *result["protocols"]]
+        for label in dict.fromkeys(order):  # the headline first
+            key = result["protocols"][label]
             leaf, cur = row.get(label), agg  # type: tuple[Any, Any]
             for part in key:
                 cur = cur.get(part) if isinstance(cur, dict) else None
