@@ -58,7 +58,9 @@ def split_evenly(clips: list[ClipRef], parts: int) -> list[list[ClipRef]]:
     """``clips`` in order, cut into ``parts`` runs whose lengths differ by at most one (fewer
     runs when there are fewer clips)."""
     n = min(parts, len(clips))
-    bounds = [round(i * len(clips) / n) for i in range(n + 1)] if n else [0]
+    if n == 0:
+        return []
+    bounds = [round(i * len(clips) / n) for i in range(n + 1)]
     return [clips[bounds[i] : bounds[i + 1]] for i in range(n)]
 
 
@@ -116,32 +118,34 @@ def _fan_out(
     out_dir: Path,
     spec: TableSchema,
 ) -> tuple[Counter[str], pd.DataFrame, list[tuple[str, str]]]:
-    units = work_units(clips, shard_clips, workers())
-    jobs: list[tuple[int, Path, PrefectFuture[ShardResult]]] = []
-    for i, parts in enumerate(units):
+    submitted: list[tuple[Path, list[tuple[Path, PrefectFuture[ShardResult]]]]] = []
+    for i, parts in enumerate(work_units(clips, shard_clips, workers())):
         shard = out_dir / f"{stage}-{i:05d}.parquet"
-        for j, part in enumerate(parts):
-            path = shard if len(parts) == 1 else out_dir / f".{shard.stem}.part{j:03d}.parquet"
-            jobs.append(
-                (i, path, run_shard.submit(fn, part, str(root), cfg, str(path), decode_timeout_s()))
-            )
+        paths = [shard] if len(parts) == 1 else [
+            out_dir / f".{shard.stem}.part{j:03d}.parquet" for j in range(len(parts))
+        ]  # fmt: skip
+        tasks = [
+            (path, run_shard.submit(fn, part, str(root), cfg, str(path), decode_timeout_s()))
+            for path, part in zip(paths, parts, strict=True)
+        ]
+        submitted.append((shard, tasks))
     total = ShardResult()
-    t0, done = time.perf_counter(), 0
-    for k, (i, _, f) in enumerate(jobs):
-        res: ShardResult = f.result()
-        total.counts.update(res.counts)
-        total.failures += res.failures
-        total.flagged += res.flagged
-        done += res.counts["clips_in"]
-        progress(stage, done, len(clips), k + 1, len(jobs), time.perf_counter() - t0)
-        if len(units[i]) > 1 and (k + 1 == len(jobs) or jobs[k + 1][0] != i):
-            written = [path for s, path, _ in jobs if s == i]
-            merge_tables(written, out_dir / f"{stage}-{i:05d}.parquet", spec)
-            for path in written:
-                path.unlink()
-    # A worker lost mid-write leaves its temporary file (Dask reran the task elsewhere).
-    for stray in out_dir.glob(".*"):
-        stray.unlink()
+    t0, done, finished = time.perf_counter(), 0, 0
+    n_tasks = sum(len(tasks) for _, tasks in submitted)
+    for shard, tasks in submitted:
+        for _, f in tasks:
+            res: ShardResult = f.result()
+            total.counts.update(res.counts)
+            total.failures += res.failures
+            total.flagged += res.flagged
+            done, finished = done + res.counts["clips_in"], finished + 1
+            progress(stage, done, len(clips), finished, n_tasks, time.perf_counter() - t0)
+        if len(tasks) > 1:
+            merge_tables([path for path, _ in tasks], shard, spec)
+    # Hidden files: the merged parts, and the temporary file of a worker lost mid-write (Dask
+    # reran its task elsewhere).
+    for hidden in out_dir.glob(".*"):
+        hidden.unlink()
     table = pd.DataFrame(total.failures, columns=FAILURES.schema.names)
     write_table(table, out_dir / "failures.parquet", FAILURES)
     return total.counts, table, total.flagged

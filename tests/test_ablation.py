@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ from pipeline.evaluate.ablation import (
     analyse,
     load_ablations,
     markdown,
-    stale_variants,
     tables,
 )
 from pipeline.params import Params, load_params
@@ -104,28 +102,6 @@ def test_analysis_finds_a_helping_component_and_a_neutral_one() -> None:
     assert erows[0][-1] == "supports" and len(erows) == 3
     text = "\n".join(markdown(result))
     assert "wen2021.global_alignment=false" in text and "cannot tell" in text
-
-
-def test_an_ablation_measured_on_other_inputs_is_stale() -> None:
-    """A variant from the main run (no overrides) must score as the current aggregate of its
-    model does; a difference means the ablation describes another run."""
-    ab = load_ablations(ROOT / "ablations.yaml")["wen2021"]
-    rng = np.random.default_rng(4)
-    p = {"full": 0.8, "no_reweighting": 0.8, "no_global": 0.78, "local_only": 0.6}
-    result = analyse(ab, {v: _scored("wen2021", x, (1, 2, 3), rng) for v, x in p.items()}, 100, 0)
-    full = {
-        label: leaf["mean"] for label, leaf in result["variants"]["full"].items() if "mean" in leaf
-    }
-
-    def aggregate(v2f: float) -> dict[str, Any]:
-        return {"match_1to2": {"v2f": {"U": {"test_unseen": {"mean": v2f}}}}}
-
-    assert stale_variants(result, {"wen2021": aggregate(full["1:2 V->F"])}) == []
-    assert stale_variants(result, {}) == []  # the model is not in this run: nothing to compare
-    moved = stale_variants(result, {"wen2021": aggregate(full["1:2 V->F"] + 0.01)})
-    assert len(moved) == 1 and moved[0].startswith("full (wen2021): 1:2 V->F")
-    # Variants with overrides are experiments, not the main run: never compared.
-    assert all(not line.startswith(("no_", "local_only")) for line in moved)
 
 
 def test_analysis_refuses_missing_variants_and_unequal_seeds() -> None:

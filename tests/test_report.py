@@ -547,3 +547,29 @@ def test_an_ablation_result_becomes_the_ablation_section(tmp_path: Path) -> None
     md = document.summary_markdown(with_ablation(result), PROV)
     assert "**Stale: measured on other inputs than this report's**" in md
     assert f"full ({METHODS[0]}): 1:2 V->F" in md and "make ablation-wen2021" in md
+
+
+def test_an_ablation_measured_on_other_inputs_is_stale() -> None:
+    """A variant from the main run (no overrides) must score as the current aggregate of its
+    model does; a difference means the ablation describes another run."""
+    from pipeline.evaluate.ablation import analyse, load_ablations
+    from tests.test_aggregate import _scored
+
+    ab = load_ablations(Path(__file__).resolve().parents[1] / "ablations.yaml")["wen2021"]
+    rng = np.random.default_rng(4)
+    p = {"full": 0.8, "no_reweighting": 0.8, "no_global": 0.78, "local_only": 0.6}
+    result = analyse(ab, {v: _scored("wen2021", x, (1, 2, 3), rng) for v, x in p.items()}, 100, 0)
+    full = {
+        label: leaf["mean"] for label, leaf in result["variants"]["full"].items() if "mean" in leaf
+    }
+
+    def aggregate(v2f: float) -> dict[str, Any]:
+        return {"match_1to2": {"v2f": {"U": {"test_unseen": {"mean": v2f}}}}}
+
+    assert document.stale_variants(result, {"wen2021": aggregate(full["1:2 V->F"])}) == []
+    # The model is not in this run: nothing to compare.
+    assert document.stale_variants(result, {}) == []
+    moved = document.stale_variants(result, {"wen2021": aggregate(full["1:2 V->F"] + 0.01)})
+    assert len(moved) == 1 and moved[0].startswith("full (wen2021): 1:2 V->F")
+    # Variants with overrides are experiments, not the main run: never compared.
+    assert all(not line.startswith(("no_", "local_only")) for line in moved)

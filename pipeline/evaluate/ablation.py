@@ -165,36 +165,6 @@ def analyse(
     return out
 
 
-def stale_variants(
-    result: dict[str, Any], aggregates: dict[str, dict[str, Any]], tol: float = 1e-4
-) -> list[str]:
-    """Where an ablation no longer describes the current run: each variant taken from the main
-    run (no overrides) whose mean on a protocol differs (by more than ``tol``) from the current
-    aggregate of its model (``reports/metrics/aggregate/<model>.json``; a leaf is a number or
-    ``{mean, ...}``). It was measured on
-    other inputs (preprocessing, trials, code or params changed since); the ablation must be
-    run again. One line per differing variant; empty when every such variant matches."""
-    out = []
-    for name, row in result["variants"].items():
-        agg = aggregates.get(row["model"])
-        if row["set"] or agg is None:
-            continue
-        order = [*(p for p in PROTOCOLS if p in result["protocols"]), *result["protocols"]]
-        for label in dict.fromkeys(order):  # the headline first
-            key = result["protocols"][label]
-            leaf, cur = row.get(label), agg  # type: tuple[Any, Any]
-            for part in key:
-                cur = cur.get(part) if isinstance(cur, dict) else None
-            now = cur.get("mean") if isinstance(cur, dict) else cur  # a leaf: {mean, ...} or x
-            if leaf and now is not None and abs(float(leaf["mean"]) - float(now)) > tol:
-                out.append(
-                    f"{name} ({row['model']}): {label} {_pct(leaf['mean'])} in the ablation, "
-                    f"{_pct(now)} in this run"
-                )
-                break
-    return out
-
-
 def _pct(x: Any) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 

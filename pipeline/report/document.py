@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import atomic_dir, atomic_path
-from pipeline.evaluate.ablation import stale_variants
+from pipeline.evaluate.ablation import PROTOCOLS as ABLATION_PROTOCOLS
 from pipeline.evaluate.ablation import tables as ablation_tables
 from pipeline.evaluate.metrics import margin_fraction as oracle_fraction
 from pipeline.report.figures import Figure
@@ -382,6 +382,32 @@ def _training_table(inputs: ReportInputs) -> _Table:
             )
         )
     return _Table(("method", "train clips", "epochs", "final loss"), tuple(rows))
+
+
+def stale_variants(
+    result: dict[str, Any], aggregates: dict[str, dict[str, Any]], tol: float = 1e-4
+) -> list[str]:
+    """Where an ablation (``reports/ablation/<paper>.json``) no longer describes the current run:
+    each variant taken from the main run (no overrides) whose mean on a protocol differs (by more
+    than ``tol``) from the current aggregate of its model. It was measured on other inputs
+    (preprocessing, trials, code or params changed since); the ablation must be run again. One
+    line per differing variant, naming the first protocol that differs (the headline first);
+    empty when every such variant matches."""
+    labels = [label for label in ABLATION_PROTOCOLS if label in result["protocols"]]
+    out = []
+    for name, row in result["variants"].items():
+        agg = aggregates.get(row["model"])
+        if row["set"] or agg is None:
+            continue
+        for label in labels:
+            leaf, now = row.get(label), metric(agg, *result["protocols"][label])
+            if leaf and now is not None and abs(float(leaf["mean"]) - now) > tol:
+                out.append(
+                    f"{name} ({row['model']}): {label} {_pct(leaf['mean'])} in the ablation, "
+                    f"{_pct(now)} in this run"
+                )
+                break
+    return out
 
 
 def _ablation_blocks(inputs: ReportInputs) -> list[_Block]:
