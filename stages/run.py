@@ -4,22 +4,71 @@ Without a server, every stage process pays Prefect's start-up (a temporary serve
 ``python -m stages.run dvc repro`` starts one server, exports ``PREFECT_API_URL`` to the command
 and stops the server afterwards. With ``PREFECT_API_URL`` already set (your own ``prefect server
 start``, e.g. to watch the runs in its UI), that server is used and nothing is started.
+
+The command's output is passed through line by line; each ``Running stage '<name>'`` line that
+DVC prints starts that stage's clock, and at the end a table of the stages' wall times (from that
+line to the next stage's, or to the command's end) goes to stderr and to
+``logs/timings/repro.tsv`` (not tracked: speeds are not results).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
+from collections.abc import Iterable
 
-from stages._runtime import prefect_api
+from stages._runtime import TIMINGS, prefect_api
+
+_STAGE = re.compile(r"^Running stage '([^']+)'")
+
+
+def stage_times(lines: Iterable[tuple[float, str]], end: float) -> list[tuple[str, float]]:
+    """(stage, seconds) for each ``Running stage`` line among the timestamped ``lines``: the time
+    until the next such line, the last one's until ``end``."""
+    starts = [(t, m.group(1)) for t, line in lines if (m := _STAGE.match(line))]
+    return [
+        (name, (starts[i + 1][0] if i + 1 < len(starts) else end) - t)
+        for i, (t, name) in enumerate(starts)
+    ]
+
+
+def timing_table(times: list[tuple[str, float]], total: float) -> str:
+    """The stages' wall times, longest first, with their share of ``total``."""
+    rows = [f"{'stage':<28} {'wall s':>8} {'share':>6}"]
+    for name, s in sorted(times, key=lambda x: -x[1]):
+        rows.append(f"{name:<28} {s:8.1f} {100 * s / max(total, 1e-9):5.1f}%")
+    rows.append(f"{'total (command)':<28} {total:8.1f}")
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     cmd = list(sys.argv[1:] if argv is None else argv) or ["dvc", "repro"]
+    t0 = time.monotonic()
+    seen: list[tuple[float, str]] = []
     with prefect_api() as url:
-        env = {**os.environ, "PREFECT_API_URL": url}
-        return subprocess.run(cmd, env=env, check=False).returncode
+        # Unbuffered, so that each line arrives (and is timed) when it is printed.
+        env = {**os.environ, "PREFECT_API_URL": url, "PYTHONUNBUFFERED": "1"}
+        with subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        ) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                if _STAGE.match(line):
+                    seen.append((time.monotonic(), line))
+        code = proc.returncode
+    end = time.monotonic()
+    times = stage_times(seen, end)
+    if times:
+        table = timing_table(times, end - t0)
+        print(table, file=sys.stderr)
+        TIMINGS.mkdir(parents=True, exist_ok=True)
+        (TIMINGS / "repro.tsv").write_text("".join(f"{n}\t{s:.1f}\n" for n, s in times))
+    return code
 
 
 if __name__ == "__main__":

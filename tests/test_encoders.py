@@ -22,10 +22,38 @@ def test_face_encoders(name: str, size: int) -> None:
     assert net(torch.randn(2, 3, size, size)).shape == (2, 128)
 
 
-@pytest.mark.parametrize("name", ["voice_cnn", "voice_resnet34", "voice_thin_resnet34"])
+@pytest.mark.parametrize(
+    "name", ["voice_tdnn", "voice_cnn", "voice_resnet34", "voice_thin_resnet34"]
+)
 def test_voice_encoders(name: str) -> None:
     net = build_voice_encoder(name, 64).eval()
     assert net(torch.randn(2, 64, 100)).shape == (2, 64)
+
+
+def test_tdnn_reads_other_mel_counts_and_pools_over_time() -> None:
+    """Features of another bin count are resampled to the network's 64 bins (a 64-bin input
+    passes unchanged); the pooled statistics make the output independent of the crop length
+    up to its content: a crop repeated twice gives nearly the same embedding (mean and standard
+    deviation over time barely move; only the edges of the strided convolutions differ)."""
+    torch.manual_seed(0)
+    net = build_voice_encoder("voice_tdnn", 32).eval()
+    x = torch.randn(3, 64, 96)
+    assert net(torch.randn(3, 80, 96)).shape == (3, 32)
+    x80 = torch.nn.functional.interpolate(
+        x.transpose(1, 2), size=80, mode="linear", align_corners=True
+    ).transpose(1, 2)
+    back = torch.nn.functional.interpolate(
+        x80.transpose(1, 2), size=64, mode="linear", align_corners=True
+    ).transpose(1, 2)
+    with torch.no_grad():
+        assert torch.allclose(net(x80), net(back), atol=1e-5)
+        one, two = net(x), net(torch.cat([x, x], dim=2))
+        other = x.clone()
+        other[:, :32] += 2.0  # another spectral envelope: louder low bins
+        third = net(other)
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(one, two).min() > 0.95
+    assert cos(one, third).max() < cos(one, two).min()
 
 
 def test_sizes_and_errors() -> None:
@@ -33,6 +61,7 @@ def test_sizes_and_errors() -> None:
         return sum(p.numel() for p in m.parameters())
 
     assert count(build_face_encoder("face_cnn", 128)) < 500_000  # trains on a CPU in minutes
+    assert count(build_voice_encoder("voice_tdnn", 128)) < 400_000
     assert 21_000_000 < count(build_face_encoder("face_resnet34", 512)) < 22_000_000
     thin, full = (
         build_voice_encoder("voice_thin_resnet34", 512),

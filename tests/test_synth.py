@@ -12,7 +12,13 @@ import pytest
 from pipeline.preprocess.media import read_audio, read_frames
 from pipeline.synth.corpus import face_look, plan_corpus, scene_of
 from pipeline.synth.face import mouth_window, render_face
-from pipeline.synth.people import FACE_PARAM_COLUMNS, VOICE_PARAM_COLUMNS, sample_identities
+from pipeline.synth.people import (
+    FACE_PARAM_COLUMNS,
+    HAIR_STYLE_P,
+    HAIR_STYLES,
+    VOICE_PARAM_COLUMNS,
+    sample_identities,
+)
 from pipeline.synth.voice import Channel, VoiceParams, synthesize
 from tests.helpers import CAL, render_corpus, small_spec
 
@@ -34,6 +40,20 @@ def test_gender_shows_in_both_modalities() -> None:
     male = ids.gender == "m"
     assert ids.f0_log2[male].mean() < ids.f0_log2[~male].mean() - 0.5  # > 0.5 octave lower
     assert ids.jaw_width[male].mean() > ids.jaw_width[~male].mean() + 1.0
+
+
+def test_hair_style_follows_gender_as_in_real_footage() -> None:
+    """Most women long-haired, no bald women, most men short-haired or bald (within 4 binomial
+    standard errors of HAIR_STYLE_P on 4,000 identities)."""
+    ids = sample_identities(4000, np.random.default_rng(1), CAL)
+    for g in ("m", "f"):
+        styles = ids.hair_style[ids.gender == g]
+        for style, p in zip(HAIR_STYLES, HAIR_STYLE_P[g], strict=True):
+            share = float((styles == style).mean())
+            assert abs(share - p) <= 4 * np.sqrt(p * (1 - p) / len(styles)) + 1e-9, (g, style)
+    assert not ((ids.gender == "f") & (ids.hair_style == "bald")).any()
+    assert (ids.hair_style[ids.gender == "f"] == "long").mean() > 0.6
+    assert ids.hair_style[ids.gender == "m"].isin(["short", "bald"]).mean() > 0.6
 
 
 def test_identities_need_a_positive_count() -> None:

@@ -23,7 +23,8 @@ mouth) are laid out in units of it, so what a parameter does survives the crop:
   and sagging jowls; ``grey`` (age): grey in hair, brows and beard;
 - ``skin_rgb`` (nationality) and ``nose_width`` (nationality, build): skin colour, nose width.
 
-Hair colour and style, eye colour and glasses are face-only nuisances.
+Hair colour, eye colour and glasses are face-only nuisances; the hair style is drawn by gender
+(mostly long for women, short or bald for men, as in real footage), a face-only gender cue.
 """
 
 from __future__ import annotations

@@ -46,6 +46,13 @@ VOICE_PARAM_COLUMNS: tuple[str, ...] = (
     "breathiness",
 )
 
+#: Hair styles and their probabilities by gender (a face-only nuisance that shows gender).
+HAIR_STYLES: tuple[str, ...] = ("short", "long", "bald", "curly")
+HAIR_STYLE_P: dict[str, tuple[float, float, float, float]] = {
+    "f": (0.10, 0.70, 0.00, 0.20),
+    "m": (0.60, 0.08, 0.12, 0.20),
+}
+
 _FIRST_NAMES = ("Ari", "Bel", "Cas", "Dor", "Eli", "Fen", "Gal", "Hal", "Ivo", "Jun", "Kit", "Lev")
 _LAST_NAMES = ("Morr", "Tesk", "Varn", "Lund", "Okaf", "Pell", "Quen", "Rask", "Sorv", "Thal")
 
@@ -110,8 +117,16 @@ def sample_identities(n: int, rng: np.random.Generator, cal: Calibration) -> pd.
         "jitter": np.clip(0.010 + 0.006 * a + 0.004 * vnoise(), 0.002, 0.05),
         "breathiness": np.clip(0.25 + 0.08 * a - 0.05 * g + 0.06 * vnoise(), 0.02, 0.8),
     }
-    hair_style = rng.choice(["short", "long", "bald", "curly"], size=n, p=[0.4, 0.3, 0.1, 0.2])
-    hair_style = np.where(female & (hair_style == "bald"), "long", hair_style)
+    # Hair style follows gender as in real talking-face footage (most women long, most men
+    # short or bald): a face-only cue that makes gender plain in the face crop, as real faces do.
+    # One uniform per identity (the draws after it, and so every other attribute, do not move).
+    u = rng.random(n)
+    styles = np.asarray(HAIR_STYLES)
+    hair_style = np.where(
+        female,
+        styles[np.searchsorted(np.cumsum(HAIR_STYLE_P["f"]), u, side="right").clip(max=3)],
+        styles[np.searchsorted(np.cumsum(HAIR_STYLE_P["m"]), u, side="right").clip(max=3)],
+    )
     frame = pd.DataFrame(
         {
             "identity": [f"id{i + 1:05d}" for i in range(n)],
