@@ -26,6 +26,7 @@ from pipeline.evaluate.scoring import EVAL_SPLITS
 from pipeline.evaluate.trials import read_trials
 from pipeline.params import Params
 from pipeline.schema import MANIFEST, read_table
+from pipeline.train.loop import TrainConfig
 from pipeline.train.pairs import load_pairs
 from stages._runtime import device, prefect_api, setup_torch, stage_params, write_json
 from stages._scoring import score_and_write, write_unavailable
@@ -34,22 +35,26 @@ NAME = "ceiling"
 
 
 def ceiling_config(params: Params) -> CeilingConfig:
+    """The ceiling's config: ``train``'s settings (encoders, crops, augmentation) with
+    the ``ceiling`` section's epochs, learning rate and weight decay, seeded by ``base.seed``."""
     t, c = params.train, params.ceiling
     w = c.loss_weights
     return CeilingConfig(
-        epochs=c.epochs,
-        batch_size=t.batch_size,
-        lr=c.lr,
-        weight_decay=c.weight_decay,
-        embed_dim=t.embed_dim,
-        face_encoder=t.face_encoder,
-        voice_encoder=t.voice_encoder,
-        voice_frames=t.voice_frames,
-        seed=params.base.seed,
+        train=TrainConfig(
+            epochs=c.epochs,
+            batch_size=t.batch_size,
+            lr=c.lr,
+            weight_decay=c.weight_decay,
+            embed_dim=t.embed_dim,
+            face_encoder=t.face_encoder,
+            voice_encoder=t.voice_encoder,
+            voice_frames=t.voice_frames,
+            seed=params.base.seed,
+            mirror_flip=t.mirror_flip,
+        ),
         weights=(w.gender, w.nationality, w.age_years, w.build),
         ridge=c.ridge,
         probe_l2=c.probe_l2,
-        mirror_flip=t.mirror_flip,
     )
 
 
@@ -100,7 +105,7 @@ def ceiling_flow(params: Params, args: argparse.Namespace) -> dict[str, Any]:
         "attributes": res.attributes,
         "train": {
             "clips": res.train_clips,
-            "epochs": cfg.epochs,
+            "epochs": cfg.train.epochs,
             "final_loss": round(res.history[-1]["loss"], 4),
         },
     }

@@ -36,25 +36,21 @@ from pipeline.evaluate.oracle import Oracle, fit_oracle
 from pipeline.evaluate.probes import embedding_probes, r2_score
 from pipeline.evaluate.scoring import Embeddings
 from pipeline.train.encoders import build_face_encoder, build_voice_encoder
+from pipeline.train.loop import TrainConfig
 from pipeline.train.pairs import PairData, sample_batch
 
 
 @dataclass(frozen=True)
 class CeilingConfig:
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    embed_dim: int
-    face_encoder: str
-    voice_encoder: str
-    voice_frames: int
-    seed: int
+    """The ceiling's training run, ``train``: the methods' :class:`TrainConfig` (encoders, batch,
+    crops, augmentation) with the ceiling's own epochs, learning rate, weight decay and seed; plus
+    what only the ceiling has."""
+
+    train: TrainConfig
     #: loss weights of gender, nationality, age, build
     weights: tuple[float, float, float, float]
     ridge: float
     probe_l2: float
-    mirror_flip: bool = True  # train.mirror_flip
 
 
 @dataclass(frozen=True)
@@ -128,11 +124,12 @@ class AttributeNet(nn.Module):
 class CeilingModel(nn.Module):
     def __init__(self, cfg: CeilingConfig, width: int) -> None:
         super().__init__()
+        t = cfg.train
         self.face = AttributeNet(
-            build_face_encoder(cfg.face_encoder, cfg.embed_dim), cfg.embed_dim, width
+            build_face_encoder(t.face_encoder, t.embed_dim), t.embed_dim, width
         )
         self.voice = AttributeNet(
-            build_voice_encoder(cfg.voice_encoder, cfg.embed_dim), cfg.embed_dim, width
+            build_voice_encoder(t.voice_encoder, t.embed_dim), t.embed_dim, width
         )
 
 
@@ -185,20 +182,21 @@ def train_ceiling(
     """Train both attribute networks on ``data`` (the training clips, rows of ``targets``)."""
     if len(targets.gender) != len(data):
         raise ValueError(f"{len(targets.gender)} label rows for {len(data)} clips")
-    torch.manual_seed(cfg.seed)
+    t = cfg.train
+    torch.manual_seed(t.seed)
     model = CeilingModel(cfg, targets.width).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    gen = torch.Generator().manual_seed(t.seed)
     n = len(data)
-    steps = max(1, n // cfg.batch_size)
+    steps = max(1, n // t.batch_size)
     history: list[dict[str, float]] = []
-    for epoch in range(cfg.epochs):
+    for epoch in range(t.epochs):
         model.train()
         perm = torch.randperm(n, generator=gen)
         sums: dict[str, float] = {}
         for s in range(steps):
-            clips = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            faces, voices = sample_batch(data, clips, cfg.voice_frames, gen, cfg.mirror_flip)
+            clips = perm[s * t.batch_size : (s + 1) * t.batch_size]
+            faces, voices = sample_batch(data, clips, t.voice_frames, gen, t.mirror_flip)
             tf = attribute_loss(model.face(faces.to(device)), targets, clips, cfg.weights)
             tv = attribute_loss(model.voice(voices.to(device)), targets, clips, cfg.weights)
             loss = tf["loss"] + tv["loss"]
