@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from pipeline.preprocess import isolate
 from pipeline.preprocess.isolate import (
     DECODER_MESSAGES_KEPT,
     CallTimeout,
@@ -42,8 +45,6 @@ def test_calls_run_in_one_child_and_errors_propagate() -> None:
 
 
 def test_a_hang_times_out_and_the_next_call_gets_a_fresh_child() -> None:
-    # A fresh child's start-up (interpreter, this module's imports) counts against the timeout:
-    # 5 s leaves room for it on a loaded machine, and is still far below the 30 s hang.
     with Isolated(5.0) as iso:
         first = iso.call(_pid)
         t0 = time.perf_counter()
@@ -61,6 +62,32 @@ def test_a_crashing_child_is_reported_and_replaced() -> None:
         assert iso.call(_pid) != first
 
 
+SLOW_MODULE = """
+import time
+time.sleep(2.5)  # a slow start-up: a loaded machine, a heavy decoder library
+
+
+def value():
+    return 42
+"""
+
+
+def test_the_timeout_counts_the_call_not_the_childs_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 1 s timeout holds for a call whose module takes 2.5 s to import in the fresh child (the
+    clock starts when the child has read the request); a child that cannot get that far within
+    ``START_TIMEOUT_S`` is a timeout of its own."""
+    (tmp_path / "slow_start_mod.py").write_text(SLOW_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    slow = importlib.import_module("slow_start_mod")
+    with Isolated(1.0) as iso:
+        assert iso.call(slow.value) == 42
+    monkeypatch.setattr(isolate, "START_TIMEOUT_S", 1.0)
+    with Isolated(1.0) as iso, pytest.raises(CallTimeout, match="did not start within 1 s"):
+        iso.call(slow.value)
+
+
 def test_shared_child_is_reused_and_timeout_must_be_positive() -> None:
     assert shared(7.0) is shared(7.0)
     with pytest.raises(ValueError, match="positive"):
@@ -76,7 +103,7 @@ def _sleep_or_echo(x: float) -> float:
 
 
 def test_map_keeps_order_and_survives_a_hang_and_a_crash() -> None:
-    with Isolated(5.0) as iso:  # room for a fresh child's start-up on a loaded machine
+    with Isolated(5.0) as iso:
         out = list(iso.map(_sleep_or_echo, [(1.0,), (-1.0,), (2.0,), (99,), (3.0,)]))
     assert out[0] == 1.0 and out[2] == 2.0 and out[4] == 3.0
     assert isinstance(out[1], CallTimeout) and isinstance(out[3], ChildDied)

@@ -8,6 +8,12 @@ talks to it over pipes. When a call overruns its timeout the child is killed and
 The next call starts a fresh child. A plain subprocess, unlike ``fork``, is safe from a
 multi-threaded parent, and unlike ``spawn``/``forkserver`` it does not re-import the parent's main
 module.
+
+A call's timeout counts its own work only: the child acknowledges each request once it has read
+it (a fresh child's interpreter start-up and the called module's imports come before that), and
+the call's clock starts at the acknowledgement. Reaching that point has its own, longer limit
+(:data:`START_TIMEOUT_S`), so a child that cannot even start is still caught, but a loaded
+machine's slow start-up no longer counts as a hung decoder.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ from typing import IO, Any, TypeVar
 
 T = TypeVar("T")
 _HEADER = struct.Struct("<Q")
+#: The most seconds a request may wait for the child to read it (a fresh child's start-up and
+#: the called module's imports), beyond the call's own timeout.
+START_TIMEOUT_S = 120.0
+_STARTED = "started"
 
 
 class CallTimeout(TimeoutError):
@@ -123,17 +133,28 @@ class Isolated:
 
         proc = self._ensure()
         refill(proc)
-        deadline = time.monotonic() + self.timeout_s
+        # Until the child acknowledges the item at the head of the queue, the start-up limit
+        # applies; from the acknowledgement on, the call's own timeout.
+        deadline = time.monotonic() + max(START_TIMEOUT_S, self.timeout_s)
+        started = False
         while flight:
             assert proc.stdout is not None
             fd = proc.stdout.fileno()
             try:
                 (size,) = _HEADER.unpack(_read_exact(fd, _HEADER.size, deadline))
-                _, value = pickle.loads(_read_exact(fd, size, deadline))
+                kind, value = pickle.loads(_read_exact(fd, size, deadline))
+                if kind == _STARTED:
+                    started = True
+                    deadline = time.monotonic() + self.timeout_s
+                    continue
             except (CallTimeout, ChildDied, BrokenPipeError) as e:
                 if isinstance(e, CallTimeout):
                     self.close(kill=True)
-                    err: BaseException = CallTimeout(f"no result after {self.timeout_s:g} s")
+                    err: BaseException = CallTimeout(
+                        f"no result after {self.timeout_s:g} s"
+                        if started
+                        else f"the decoder process did not start within {START_TIMEOUT_S:g} s"
+                    )
                 else:
                     err = ChildDied(f"decoder process exited with code {proc.wait()}")
                     self._proc = None
@@ -144,12 +165,13 @@ class Isolated:
                 for args in pending:
                     send(proc, args)
                 refill(proc)
-                deadline = time.monotonic() + self.timeout_s
+                deadline, started = time.monotonic() + max(START_TIMEOUT_S, self.timeout_s), False
                 yield err
                 continue
             flight.popleft()
             refill(proc)
-            deadline = time.monotonic() + self.timeout_s  # the next item starts now
+            # The next item's clock starts when the child acknowledges it.
+            deadline, started = time.monotonic() + max(START_TIMEOUT_S, self.timeout_s), False
             yield value
 
     def close(self, kill: bool = False) -> None:
@@ -213,7 +235,8 @@ def _serve() -> None:
             if len(head) < _HEADER.size:
                 return
             (size,) = _HEADER.unpack(head)
-            fn, args = pickle.loads(proto_in.read(size))
+            fn, args = pickle.loads(proto_in.read(size))  # imports fn's module
+            _send(proto_out, (_STARTED, None))  # the call's clock starts now
             scratch.seek(0)
             scratch.truncate()
             try:
