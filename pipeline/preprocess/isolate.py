@@ -131,12 +131,14 @@ class Isolated:
                     return
                 send(proc, nxt)
 
+        def awaiting_start() -> tuple[float, bool]:
+            """(deadline, started) until the child acknowledges the item at the head of the
+            queue: the start-up limit applies; from the acknowledgement on, the call's own."""
+            return time.monotonic() + max(START_TIMEOUT_S, self.timeout_s), False
+
         proc = self._ensure()
         refill(proc)
-        # Until the child acknowledges the item at the head of the queue, the start-up limit
-        # applies; from the acknowledgement on, the call's own timeout.
-        deadline = time.monotonic() + max(START_TIMEOUT_S, self.timeout_s)
-        started = False
+        deadline, started = awaiting_start()
         while flight:
             assert proc.stdout is not None
             fd = proc.stdout.fileno()
@@ -165,13 +167,12 @@ class Isolated:
                 for args in pending:
                     send(proc, args)
                 refill(proc)
-                deadline, started = time.monotonic() + max(START_TIMEOUT_S, self.timeout_s), False
+                deadline, started = awaiting_start()
                 yield err
                 continue
             flight.popleft()
             refill(proc)
-            # The next item's clock starts when the child acknowledges it.
-            deadline, started = time.monotonic() + max(START_TIMEOUT_S, self.timeout_s), False
+            deadline, started = awaiting_start()  # the next item's clock: from its acknowledgement
             yield value
 
     def close(self, kill: bool = False) -> None:
