@@ -58,11 +58,9 @@ def main(argv: list[str] | None = None) -> None:
         sub = select_clips(data, clips)
         method, mp = build_method(args.method, params, sub, params.seeds[0])
         epochs = round(t.epochs / frac)
-        cfg = TrainConfig(
-            epochs, t.batch_size, t.lr, t.weight_decay, t.embed_dim, t.face_encoder,
-            t.voice_encoder, t.voice_frames, params.base.seed,
-            head=getattr(method, "head", "none"),
-        )  # fmt: skip
+        cfg = TrainConfig.of(
+            t, params.base.seed, epochs=epochs, head=getattr(method, "head", "none")
+        )
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             enc, hist = train(sub, method, mp, cfg, Path(tmp), torch.device("cpu"))

@@ -59,11 +59,9 @@ def main(argv: list[str] | None = None) -> None:
         order = args.methods if rnd % 2 == 0 else args.methods[::-1]
         for name in order:
             method, mparams = build_method(name, params, data, params.seeds[0])
-            cfg = TrainConfig(
-                args.epochs, t.batch_size, t.lr, t.weight_decay, t.embed_dim, t.face_encoder,
-                t.voice_encoder, t.voice_frames, params.base.seed,
-                head=getattr(method, "head", "none"),
-            )  # fmt: skip
+            cfg = TrainConfig.of(
+                t, params.base.seed, epochs=args.epochs, head=getattr(method, "head", "none")
+            )
             steps = max(1, len(data) // t.batch_size)
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()

@@ -80,7 +80,7 @@ MANIFEST_SKIPPED = TableSchema(
 
 SYNTH_IDENTITIES = TableSchema(
     name="synth_identities",
-    version=1,
+    version=2,
     schema=pa.schema(
         [
             pa.field("identity", pa.string(), nullable=False),
@@ -94,6 +94,8 @@ SYNTH_IDENTITIES = TableSchema(
             pa.field("hair_red", pa.float64(), nullable=False),
             pa.field("eye_color", pa.string(), nullable=False),
             pa.field("glasses", pa.bool_(), nullable=False),
+            pa.field("makeup", pa.bool_(), nullable=False),
+            pa.field("beard", pa.bool_(), nullable=False),
             pa.field("speech_rate", pa.float64(), nullable=False),
             pa.field("tilt_db", pa.float64(), nullable=False),
             *[

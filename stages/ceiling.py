@@ -40,17 +40,8 @@ def ceiling_config(params: Params) -> CeilingConfig:
     t, c = params.train, params.ceiling
     w = c.loss_weights
     return CeilingConfig(
-        train=TrainConfig(
-            epochs=c.epochs,
-            batch_size=t.batch_size,
-            lr=c.lr,
-            weight_decay=c.weight_decay,
-            embed_dim=t.embed_dim,
-            face_encoder=t.face_encoder,
-            voice_encoder=t.voice_encoder,
-            voice_frames=t.voice_frames,
-            seed=params.base.seed,
-            mirror_flip=t.mirror_flip,
+        train=TrainConfig.of(
+            t, params.base.seed, epochs=c.epochs, lr=c.lr, weight_decay=c.weight_decay
         ),
         weights=(w.gender, w.nationality, w.age_years, w.build),
         ridge=c.ridge,

@@ -13,9 +13,11 @@ from pipeline.preprocess.media import read_audio, read_frames
 from pipeline.synth.corpus import face_look, plan_corpus, scene_of
 from pipeline.synth.face import mouth_window, render_face
 from pipeline.synth.people import (
+    BEARD_P,
     FACE_PARAM_COLUMNS,
     HAIR_STYLE_P,
     HAIR_STYLES,
+    MAKEUP_P,
     VOICE_PARAM_COLUMNS,
     sample_identities,
 )
@@ -54,6 +56,32 @@ def test_hair_style_follows_gender_as_in_real_footage() -> None:
     assert not ((ids.gender == "f") & (ids.hair_style == "bald")).any()
     assert (ids.hair_style[ids.gender == "f"] == "long").mean() > 0.6
     assert ids.hair_style[ids.gender == "m"].isin(["short", "bald"]).mean() > 0.6
+
+
+def test_makeup_and_beard_follow_gender_and_move_no_other_draw(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Make-up on most women and no men, a beard on many men and no women (within 4 binomial
+    standard errors on 4,000 identities); drawn apart from ``rng``, so turning them off leaves
+    every other column, and the generator's next draw, as they were."""
+    ids = sample_identities(4000, np.random.default_rng(1), CAL)
+    for col, p in (("makeup", MAKEUP_P), ("beard", BEARD_P)):
+        for g in ("m", "f"):
+            share = float(ids[col][ids.gender == g].mean())
+            n = int((ids.gender == g).sum())
+            assert abs(share - p[g]) <= 4 * np.sqrt(p[g] * (1 - p[g]) / n) + 1e-9, (col, g)
+    assert not ids.makeup[ids.gender == "m"].any() and not ids.beard[ids.gender == "f"].any()
+    assert ids.makeup[ids.gender == "f"].mean() > 0.9 and ids.beard[ids.gender == "m"].mean() > 0.3
+
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    a = sample_identities(300, rng_a, CAL)
+    monkeypatch.setattr("pipeline.synth.people.MAKEUP_P", {"f": 0.0, "m": 0.0})
+    monkeypatch.setattr("pipeline.synth.people.BEARD_P", {"f": 0.0, "m": 0.0})
+    b = sample_identities(300, rng_b, CAL)
+    assert a.makeup.any() and not b.makeup.any() and not b.beard.any()
+    rest = [c for c in a.columns if c not in ("makeup", "beard")]
+    pd.testing.assert_frame_equal(a[rest], b[rest])
+    assert rng_a.random() == rng_b.random()
 
 
 def test_identities_need_a_positive_count() -> None:
@@ -153,6 +181,7 @@ def test_mouth_opening_changes_only_the_mouth(look_scene: tuple[object, object])
 
 def _look_with(ids: pd.DataFrame, **params: float) -> object:
     row = ids.iloc[0].copy()
+    row["makeup"] = row["beard"] = False  # the face parameters' own effect, unhidden
     for k, v in params.items():
         row[k] = v
     return face_look(row)
@@ -184,6 +213,57 @@ def test_parameters_darken_their_region(
     b = render_face(_look_with(ids, **{param: high}), scene, 0.0, seed=1)  # type: ignore[arg-type]
     r0, r1 = rows
     assert b[r0:r1, 90:150].mean() < a[r0:r1, 90:150].mean() - 0.02
+
+
+def _looks(**changes: object) -> tuple[object, object]:
+    """Two looks of one identity, the second with ``changes`` (FaceLook fields)."""
+    import dataclasses
+
+    ids = sample_identities(5, np.random.default_rng(0), CAL)
+    base = dataclasses.replace(
+        _look_with(ids),  # type: ignore[type-var]
+        hair_rgb=(0.07, 0.05, 0.04),
+        grey=0.0,
+        stubble=0.0,
+        hair_style="short",
+        makeup=False,
+        beard=False,
+    )
+    return base, dataclasses.replace(base, **changes)  # type: ignore[type-var]
+
+
+def _render_pair(changes: dict[str, object]) -> tuple[np.ndarray, np.ndarray]:
+    scene = scene_of(plan_corpus(small_spec())[1].iloc[0])
+    a, b = _looks(**changes)
+    return (
+        render_face(a, scene, 0.0, seed=1),  # type: ignore[arg-type]
+        render_face(b, scene, 0.0, seed=1),  # type: ignore[arg-type]
+    )
+
+
+def test_makeup_reddens_lips_and_shades_eyes_and_nothing_else() -> None:
+    plain, made_up = _render_pair({"makeup": True})
+    lips = (slice(150, 157), slice(108, 132))  # 240 px canvas: mouth at y ~ 153
+    redness = lambda img: float((img[lips][..., 0] - img[lips][..., 1]).mean())  # noqa: E731
+    assert redness(made_up) > redness(plain) + 0.1
+    eyes = (slice(104, 116), slice(90, 150))  # the upper lids and liner
+    assert made_up[eyes].mean() < plain[eyes].mean() - 0.02
+    assert np.array_equal(made_up[:80], plain[:80])  # forehead and hair untouched
+    assert np.array_equal(made_up[175:], plain[175:])  # chin, neck, clothes untouched
+
+
+def test_a_beard_covers_the_lower_face_only() -> None:
+    shaven, bearded = _render_pair({"beard": True})
+    chin = (slice(165, 185), slice(105, 135))
+    assert bearded[chin].mean() < shaven[chin].mean() - 0.1
+    assert np.array_equal(bearded[:110], shaven[:110])  # eyes and above untouched
+
+
+def test_long_hair_frames_the_face() -> None:
+    """Long hair falls beside the cheeks, inside the face stage's crop, not only behind the head."""
+    short, long = _render_pair({"hair_style": "long"})
+    cheek_edges = (slice(120, 160), np.r_[72:82, 158:168])
+    assert np.abs(long[cheek_edges] - short[cheek_edges]).mean() > 0.1
 
 
 # ------------------------------------------------------------------ rendered clips

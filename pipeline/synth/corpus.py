@@ -57,7 +57,8 @@ def face_look(row: pd.Series) -> FaceLook:
     ``lip_fullness`` the lips' height and redness; ``stubble`` the beard shadow; ``skin_lum`` /
     ``skin_warm`` the skin colour; ``nose_width`` the nose. Nothing else about the identity (its
     gender, age, nationality or build) is read: those show only through these parameters and the
-    hair style, which :func:`pipeline.synth.people.sample_identities` draws by gender.
+    hair style, make-up and beard, which :func:`pipeline.synth.people.sample_identities` draws
+    by gender.
     """
     lum = float(np.clip(0.62 + 0.1 * row.skin_lum, 0.32, 0.95))
     warm = float(np.clip(0.45 + 0.1 * row.skin_warm, 0.0, 1.0))
@@ -81,6 +82,8 @@ def face_look(row: pd.Series) -> FaceLook:
         hair_style=str(row.hair_style),
         eye_rgb=EYE_COLORS[str(row.eye_color)],
         glasses=bool(row.glasses),
+        makeup=bool(row.makeup),
+        beard=bool(row.beard),
     )
 
 

@@ -23,8 +23,10 @@ mouth) are laid out in units of it, so what a parameter does survives the crop:
   and sagging jowls; ``grey`` (age): grey in hair, brows and beard;
 - ``skin_rgb`` (nationality) and ``nose_width`` (nationality, build): skin colour, nose width.
 
-Hair colour, eye colour and glasses are face-only nuisances; the hair style is drawn by gender
-(mostly long for women, short or bald for men, as in real footage), a face-only gender cue.
+Hair colour, eye colour and glasses are face-only nuisances. The hair style, make-up (lipstick,
+eye shadow and liner, blush) and a full beard are face-only cues drawn by gender, as in real
+talking-face footage (mostly long hair and make-up for women; short hair or bald, and often a
+beard, for men): with them gender is plain in the crop, as it is in real faces.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ EYE_COLORS: dict[str, tuple[float, float, float]] = {
 #: Head half-height as a fraction of the canvas (at zoom 1): every face is this tall.
 HEAD_HALF_HEIGHT = 0.28
 _BEARD_DARK = np.asarray((0.10, 0.09, 0.09), F32)
+_LIPSTICK_RGB = np.asarray((0.70, 0.08, 0.20), F32)
+_SHADOW_RGB = np.asarray((0.32, 0.20, 0.30), F32)
+_BLUSH_RGB = np.asarray((0.90, 0.40, 0.45), F32)
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,8 @@ class FaceLook:
     hair_style: str
     eye_rgb: tuple[float, float, float]
     glasses: bool
+    makeup: bool = False  # lipstick, eye shadow and liner, blush
+    beard: bool = False  # a full beard and moustache (over the stubble shadow)
 
 
 @dataclass(frozen=True)
@@ -242,6 +249,10 @@ def render_face(
     # Eye, nose and mouth layout (units of the head's height: independent of its width).
     ey, ex = -ry * 0.08, ry * 0.31
     erx, ery = ry * 0.15, ry * 0.075
+    if look.makeup:  # blush on the cheeks
+        for side in (-1.0, 1.0):
+            cheek = _sig(_ellipse_d(x, y, side * ex * 1.1, ry * 0.2, ry * 0.16, ry * 0.1))
+            _blend(img, _BLUSH_RGB, cheek * head * 0.35)
     nw = ry * look.nose_width
     my, mw = g.mouth_y, g.mouth_w
 
@@ -277,6 +288,16 @@ def render_face(
         beard_rgb = 0.55 * _BEARD_DARK + 0.45 * hair_col
         _blend(img, beard_rgb, beard * (0.75 + 0.25 * grain) * look.stubble * 0.85)
 
+    # Full beard and moustache: opaque hair over jaw, chin and upper lip, bulging under the chin.
+    if look.beard:
+        jaw_sides = np.clip((ax - 0.45) / 0.15, 0.0, 1.0) * np.clip((yn - 0.05) / 0.15, 0.0, 1.0)
+        chin = np.clip((y - ry * 0.28) / (ry * 0.08), 0.0, 1.0)
+        moustache = _sig(_ellipse_d(x, y, 0, ry * 0.39, ry * 0.33, ry * 0.085))
+        bulk = _sig(_ellipse_d(x, y, 0, ry * 0.9, rx * 0.62, ry * 0.22))
+        full_beard = np.maximum(np.maximum(jaw_sides, chin) * head, np.maximum(moustache, bulk))
+        beard_col = (0.4 * _BEARD_DARK + 0.6 * hair_col)[None, None, :] * hair_tex[..., None]
+        _blend(img, beard_col, full_beard * 0.92)
+
     # Eyes, with lids that droop (hood) with age, and brows over a brow ridge.
     ridge = float(np.clip((look.brow_thickness - 2.0) / 7.0, 0.0, 1.0))
     brow_rgb = (0.5 * hair + 0.5 * _BEARD_DARK) * (1 - look.grey) + grey_rgb * look.grey
@@ -285,6 +306,9 @@ def render_face(
         by = ey - ry * look.brow_height
         socket = _sig(_ellipse_d(x, y, xe, ey - ery * 0.6, erx * 1.4, ery * 1.6 + (ey - by) * 0.5))
         _blend(img, skin * 0.62, socket * (0.25 + 0.45 * ridge))
+        if look.makeup:  # eye shadow on the upper lid
+            lid_shadow = _sig(_ellipse_d(x, y, xe, ey - ery * 0.9, erx * 1.15, ery * 1.5))
+            _blend(img, _SHADOW_RGB, lid_shadow * 0.6)
         sclera = _sig(_ellipse_d(x, y, xe, ey, erx, ery))
         _blend(img, (0.93, 0.92, 0.90), sclera)
         iris = _sig(_ellipse_d(x, y, xe, ey, ery * 1.05, ery * 1.05)) * sclera
@@ -293,8 +317,9 @@ def render_face(
         _blend(img, (0.03, 0.03, 0.03), pupil)
         hood = sclera * _sig(y - (ey - ery * (1.0 - 0.75 * wr)))
         _blend(img, skin * 0.8, hood)
-        lid = _sig(np.abs(_ellipse_d(x, y, xe, ey, erx, ery)) - 1.0 * s) * (y < ey)
-        _blend(img, (0.1, 0.07, 0.06), lid)
+        liner = (2.2 if look.makeup else 1.0) * s  # eye liner: a thicker, darker lid line
+        lid = _sig(np.abs(_ellipse_d(x, y, xe, ey, erx, ery)) - liner) * (y < ey + ery * 0.3)
+        _blend(img, (0.06, 0.04, 0.04) if look.makeup else (0.1, 0.07, 0.06), lid)
         # Eyebrow: an arc, arched more the higher it sits.
         arch = ry * (0.005 + 0.3 * max(look.brow_height - 0.07, 0.0))
         u = (x - xe) / (erx * 1.3)
@@ -324,6 +349,8 @@ def render_face(
     lip_rgb = skin * np.asarray((0.85, 0.55, 0.55), F32) * (1 - 0.7 * lf) + 0.7 * lf * (
         np.asarray((0.62, 0.16, 0.2), F32) * (0.55 + 0.45 * float(skin.mean()))
     )
+    if look.makeup:  # lipstick
+        lip_rgb = 0.25 * lip_rgb + 0.75 * _LIPSTICK_RGB
     _blend(img, lip_rgb, lips)
     gap = _sig(_ellipse_d(x, y, 0, my, mw * 0.82, max(open_h * 0.5, 0.6 * s)))
     _blend(img, (0.12, 0.04, 0.05), gap)
@@ -342,6 +369,9 @@ def render_face(
             if look.hair_style != "curly"
             else 1.0 + 0.3 * np.sin(x * 0.9) * np.sin(y * 0.9)
         )
+        if look.hair_style == "long":  # locks that frame the face down to the jaw
+            sides = _sig(rx * 0.8 - np.abs(x)) * _sig(np.abs(x) - rx * 1.22)
+            cap = np.maximum(cap, sides * _sig(-(y + ry * 0.6)) * _sig(y - ry * 0.8))
         _blend(img, hair_col[None, None, :] * tex[..., None] * (0.7 + 0.3 * shade[..., None]), cap)
     else:
         _blend(img, skin * 1.05, head * _sig(y + ry * 0.5) * 0.3)

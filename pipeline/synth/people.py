@@ -53,6 +53,11 @@ HAIR_STYLE_P: dict[str, tuple[float, float, float, float]] = {
     "m": (0.60, 0.08, 0.12, 0.20),
 }
 
+#: Grooming drawn by gender, as in talking-face footage (most women on camera wear make-up, many
+#: men a beard): face-only cues that make gender plain in the face crop, as real faces do.
+MAKEUP_P: dict[str, float] = {"f": 0.95, "m": 0.0}
+BEARD_P: dict[str, float] = {"f": 0.0, "m": 0.4}
+
 _FIRST_NAMES = ("Ari", "Bel", "Cas", "Dor", "Eli", "Fen", "Gal", "Hal", "Ivo", "Jun", "Kit", "Lev")
 _LAST_NAMES = ("Morr", "Tesk", "Varn", "Lund", "Okaf", "Pell", "Quen", "Rask", "Sorv", "Thal")
 
@@ -75,7 +80,8 @@ def sample_identities(n: int, rng: np.random.Generator, cal: Calibration) -> pd.
 
     Returns a frame with columns ``identity`` (``id00001``…), ``name``, ``gender`` (``m``/``f``),
     ``age_years``, ``nationality``, ``build`` (z-score), face-only nuisances (``hair_*``,
-    ``eye_color``, ``glasses``), voice-only nuisances (``speech_rate``, ``tilt_db``) and the
+    ``eye_color``, ``glasses``; ``makeup`` and ``beard``, drawn by gender), voice-only nuisances
+    (``speech_rate``, ``tilt_db``) and the
     :data:`FACE_PARAM_COLUMNS` and :data:`VOICE_PARAM_COLUMNS`.
     """
     if n < 1:
@@ -121,12 +127,14 @@ def sample_identities(n: int, rng: np.random.Generator, cal: Calibration) -> pd.
     # short or bald): a face-only cue that makes gender plain in the face crop, as real faces do.
     # One uniform per identity (the draws after it, and so every other attribute, do not move).
     u = rng.random(n)
-    styles = np.asarray(HAIR_STYLES)
-    hair_style = np.where(
-        female,
-        styles[np.searchsorted(np.cumsum(HAIR_STYLE_P["f"]), u, side="right").clip(max=3)],
-        styles[np.searchsorted(np.cumsum(HAIR_STYLE_P["m"]), u, side="right").clip(max=3)],
-    )
+    cum = np.cumsum([HAIR_STYLE_P["f"], HAIR_STYLE_P["m"]], axis=1)[np.where(female, 0, 1)]
+    style_index = (cum <= u[:, None]).sum(axis=1).clip(max=len(HAIR_STYLES) - 1)
+    hair_style = np.asarray(HAIR_STYLES)[style_index]
+    # Make-up and beard: from a child generator, so every draw of ``rng`` (and so the rest of the
+    # corpus) is the same as without them.
+    groom = rng.spawn(1)[0].random((n, 2))
+    p_makeup = np.where(female, MAKEUP_P["f"], MAKEUP_P["m"])
+    p_beard = np.where(female, BEARD_P["f"], BEARD_P["m"])
     frame = pd.DataFrame(
         {
             "identity": [f"id{i + 1:05d}" for i in range(n)],
@@ -144,6 +152,8 @@ def sample_identities(n: int, rng: np.random.Generator, cal: Calibration) -> pd.
             "hair_red": rng.uniform(0.0, 1.0, n),
             "eye_color": rng.choice(["brown", "blue", "green", "grey"], size=n),
             "glasses": rng.random(n) < 0.2,
+            "makeup": groom[:, 0] < p_makeup,
+            "beard": groom[:, 1] < p_beard,
             "speech_rate": rng.uniform(0.8, 1.25, n),
             "tilt_db": rng.uniform(-4.0, 4.0, n),
             **face,

@@ -29,10 +29,12 @@ import torch
 from torch import nn
 
 
-def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
+def _conv_bn(cin: int, cout: int, stride: int, kernel: int = 3, dims: int = 2) -> nn.Sequential:
+    """Convolution (no bias, "same" padding), batch norm, ReLU; 2-D images or 1-D sequences."""
+    conv, norm = (nn.Conv2d, nn.BatchNorm2d) if dims == 2 else (nn.Conv1d, nn.BatchNorm1d)
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
+        conv(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
+        norm(cout),
         nn.ReLU(inplace=True),
     )
 
@@ -88,20 +90,12 @@ class VoiceTDNN(nn.Module):
 
     def __init__(self, dim: int, n_mels: int = 64, width: int = 64) -> None:
         super().__init__()
-
-        def block(cin: int, cout: int, k: int, stride: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv1d(cin, cout, k, stride, k // 2, bias=False),
-                nn.BatchNorm1d(cout),
-                nn.ReLU(inplace=True),
-            )
-
         self.n_mels = n_mels
         self.body = nn.Sequential(
-            block(n_mels, width, 5, 1),
-            block(width, 2 * width, 3, 2),
-            block(2 * width, 2 * width, 3, 2),
-            block(2 * width, 4 * width, 3, 2),
+            _conv_bn(n_mels, width, 1, kernel=5, dims=1),
+            _conv_bn(width, 2 * width, 2, dims=1),
+            _conv_bn(2 * width, 2 * width, 2, dims=1),
+            _conv_bn(2 * width, 4 * width, 2, dims=1),
         )
         self.head = nn.Linear(8 * width, dim)
 

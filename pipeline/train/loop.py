@@ -18,9 +18,9 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -31,6 +31,9 @@ from pipeline.train import methods as methods_package
 from pipeline.train import pairs as pairs_module
 from pipeline.train.encoders import build_face_encoder, build_head, build_voice_encoder
 from pipeline.train.pairs import PairData, sample_batch
+
+if TYPE_CHECKING:
+    from pipeline.params import TrainParams
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,26 @@ class TrainConfig:
     seed: int
     head: str = "none"  # set by the method (bipseudo: "shared_residual"), not a user param
     mirror_flip: bool = True  # train.mirror_flip: training crops mirrored with p = 1/2
+
+    @classmethod
+    def of(cls, train: TrainParams, seed: int, **changes: Any) -> TrainConfig:
+        """The ``train`` params section's settings with the training ``seed``; ``changes``
+        override fields (a method's ``head``, the ceiling's own epochs and learning rate)."""
+        return replace(
+            cls(
+                train.epochs,
+                train.batch_size,
+                train.lr,
+                train.weight_decay,
+                train.embed_dim,
+                train.face_encoder,
+                train.voice_encoder,
+                train.voice_frames,
+                seed,
+                mirror_flip=train.mirror_flip,
+            ),
+            **changes,
+        )
 
     def digest(self, method_params: object, data: PairData, method: nn.Module) -> str:
         """Identifies a run: this config, the method's params, the training data's content and

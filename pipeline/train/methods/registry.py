@@ -119,20 +119,7 @@ def train_method(
         method, section = build_method(name, params, data, seed, methods)
     except ValueError as e:
         raise MethodSetupError(str(e)) from e
-    t = params.train
-    cfg = TrainConfig(
-        t.epochs,
-        t.batch_size,
-        t.lr,
-        t.weight_decay,
-        t.embed_dim,
-        t.face_encoder,
-        t.voice_encoder,
-        t.voice_frames,
-        seed,
-        head=entry.head(section),
-        mirror_flip=t.mirror_flip,
-    )
+    cfg = TrainConfig.of(params.train, seed, head=entry.head(section))
 
     def rebuild() -> nn.Module:
         return build_method(name, params, data, seed, methods)[0]
