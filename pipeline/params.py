@@ -311,7 +311,7 @@ class CeilingLossWeights(_Section):
 class CeilingSection(_Section):
     """Stage ``ceiling``: the media ceiling (synthetic corpus only), attribute-supervised face and
     voice encoders (``train``'s architectures, embed_dim, batch size, crops) whose prediction
-    vectors are matched through the oracle's ridge map."""
+    vectors are matched through the oracle's ridge map, fitted on out-of-fold predictions."""
 
     epochs: int = Field(ge=1)
     lr: float = Field(gt=0)
@@ -319,6 +319,7 @@ class CeilingSection(_Section):
     loss_weights: CeilingLossWeights
     ridge: float = Field(gt=0)  # the voice-to-face map (the oracle's is 1.0)
     probe_l2: float = Field(gt=0)  # the attribute probes reported in ceiling.json
+    folds: int = Field(ge=1)  # cross-fitting folds of the training identities (1: none)
 
 
 MethodName = Literal["cid", "wen2021", "cmpc", "bipseudo"]

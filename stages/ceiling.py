@@ -46,6 +46,7 @@ def ceiling_config(params: Params) -> CeilingConfig:
         weights=(w.gender, w.nationality, w.age_years, w.build),
         ridge=c.ridge,
         probe_l2=c.probe_l2,
+        folds=c.folds,
     )
 
 
@@ -97,6 +98,7 @@ def ceiling_flow(params: Params, args: argparse.Namespace) -> dict[str, Any]:
         "train": {
             "clips": res.train_clips,
             "epochs": cfg.train.epochs,
+            "folds": cfg.folds,
             "final_loss": round(res.history[-1]["loss"], 4),
         },
     }

@@ -49,6 +49,80 @@ def test_ridge_map_by_hand() -> None:
     np.testing.assert_allclose(fit_map(voice, face, ridge=3.0).weights, [[0.5, -0.5]])
 
 
+def test_cross_fitting_predicts_each_training_clip_with_a_network_blind_to_its_identity(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With K folds: K networks, each trained on all but one fold of the training identities;
+    every training clip is predicted by the one network that never saw its identity, the test
+    clips by the mean of all K. (Networks and predictions replaced by bookkeeping stand-ins.)"""
+    import torch
+
+    import pipeline.evaluate.ceiling as ceiling
+    from pipeline.train.pairs import PairData
+
+    n_ids, per_id = 10, 3
+    identity = torch.arange(n_ids).repeat_interleave(per_id)
+
+    def data(ident: torch.Tensor) -> PairData:
+        c = len(ident)
+        return PairData(
+            clip_keys=[f"c{i}" for i in range(c)],
+            faces=torch.zeros(c, 3, 4, 4, dtype=torch.uint8),
+            face_offsets=torch.arange(c + 1),
+            voices=torch.zeros(c, 2, dtype=torch.float16),
+            voice_offsets=torch.arange(c + 1),
+            identity=ident,
+            video=ident,
+            identities=[f"id{i}" for i in range(n_ids)],
+            videos=[f"id{i}" for i in range(n_ids)],
+        )
+
+    trained: list[set[str]] = []
+
+    def fake_train(sub: PairData, targets: Any, cfg: Any, *_: Any) -> tuple[Any, list[Any]]:
+        assert len(targets.gender) == len(sub)  # the labels follow the fold's clips
+        trained.append({sub.identities[int(i)] for i in sub.identity})
+        return len(trained) - 1, [{"epoch": 1.0, "loss": 0.0}]
+
+    def fake_predict(model: int, d: PairData, k: int, *_: Any) -> tuple[np.ndarray, np.ndarray]:
+        seen = np.array([d.identities[int(i)] in trained[model] for i in d.identity], float)
+        out = np.column_stack([seen, np.full(len(d), float(model)), np.zeros((len(d), 1 + k))])
+        return out, out.copy()
+
+    monkeypatch.setattr(ceiling, "train_ceiling", fake_train)
+    monkeypatch.setattr(ceiling, "predict", fake_predict)
+    targets = ceiling.Targets(
+        torch.zeros(len(identity), dtype=torch.long),
+        torch.zeros(len(identity), dtype=torch.long),
+        torch.zeros(len(identity)),
+        torch.zeros(len(identity)),
+        ["a"],
+        0.0,
+        1.0,
+        0.0,
+        1.0,
+    )
+    cfg = ceiling.CeilingConfig(
+        train=ceiling.TrainConfig(1, 2, 1e-3, 0.0, 4, "face_cnn", "voice_cnn", 2, 7),
+        weights=(1, 1, 1, 1),
+        ridge=1.0,
+        probe_l2=1.0,
+        folds=4,
+    )
+    (oof, _), (test, _), history = ceiling.cross_fit(
+        data(identity), targets, data(identity[:6]), cfg, torch.device("cpu")
+    )
+    assert len(trained) == 4 and [row["fold"] for row in history] == [1, 2, 3, 4]
+    everyone = {f"id{i}" for i in range(n_ids)}
+    held_out = [everyone - t for t in trained]
+    assert all(held_out) and set().union(*held_out) == everyone  # folds partition identities
+    assert sum(len(h) for h in held_out) == n_ids
+    assert (oof[:, 0] == 0).all()  # no training clip predicted by a network that saw it
+    for c in range(len(identity)):  # ... and each by the network its identity was held from
+        assert f"id{int(identity[c])}" in held_out[int(oof[c, 1])]
+    np.testing.assert_allclose(test[:, 1], np.mean(range(4)))  # test: the mean of the four
+
+
 def _fill(spec: TableSchema, n: int) -> dict[str, Any]:
     """Placeholder values for every column of ``spec`` (n rows)."""
     out: dict[str, Any] = {}
@@ -158,6 +232,7 @@ def tiny_params(path: Path, layout: str = "synth") -> Path:
     raw["data"]["layout"] = layout
     raw["train"].update(face_size_px=32, batch_size=8, embed_dim=16, voice_frames=20)
     raw["ceiling"]["epochs"] = 3
+    raw["ceiling"]["folds"] = 2
     with path.open("w") as f:
         yaml.dump(raw, f)
     return path
@@ -238,11 +313,14 @@ def test_stage_writes_standard_metrics_and_is_deterministic(
         assert set(attrs["heads"][side]) == {"gender", "nationality", "age_years", "build"}
         assert set(attrs["probes"][side]) == {"gender", "nationality", "age_years", "build"}
         assert attrs["heads"][side]["gender"]["test_clips"] == 16
-    assert a["train"] == {"clips": 24, "epochs": 3, "final_loss": a["train"]["final_loss"]}
+    assert a["train"] == {
+        "clips": 24, "epochs": 3, "folds": 2, "final_loss": a["train"]["final_loss"]
+    }  # fmt: skip
     for f in ("roc.csv", "match_curve.csv", "ranked.json", "history.json"):
         assert (tmp_path / "a" / "eval" / "ceiling" / f).is_file()
     history = json.loads((tmp_path / "a" / "eval" / "ceiling" / "history.json").read_text())
-    assert len(history) == 3 and {"face_gender", "voice_nationality"} <= set(history[0])
+    assert len(history) == 6 and {"face_gender", "voice_nationality"} <= set(history[0])
+    assert [row["fold"] for row in history] == [1, 1, 1, 2, 2, 2]
 
 
 def test_other_layouts_are_unavailable(

@@ -17,14 +17,21 @@ recovers the shared latents from the media achieves.
   image (as :func:`pipeline.train.loop.embed_clips` averages embeddings), the voice side reads
   the whole utterance.
 - The voice-to-face map is the oracle's (:func:`pipeline.evaluate.oracle.fit_oracle`): both sides
-  z-scored with training statistics, a ridge map fitted on the training clips' predictions, the face
-  side the z-scored face prediction, cosine score.
+  z-scored with training statistics, a ridge map from voice to face predictions, the face side the
+  z-scored face prediction, cosine score.
+- **Cross-fitting** (``folds`` K >= 2): the oracle's map is fitted on parameters it was not
+  trained on, so the ceiling's must be too. A network's predictions on its own training clips are
+  near perfect (it memorises 100-odd identities), and a map fitted on them trusts every attribute
+  fully, even those it reads poorly on new people. So the training identities are split into K
+  folds; K networks each train on K - 1 folds and predict the held-out fold (out-of-fold
+  predictions, on which the map and the probes are fitted) and the test clips (averaged over the
+  K networks). ``folds: 1`` is one network and a map fitted on its own training predictions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -37,7 +44,7 @@ from pipeline.evaluate.probes import embedding_probes, r2_score
 from pipeline.evaluate.scoring import Embeddings
 from pipeline.train.encoders import build_face_encoder, build_voice_encoder
 from pipeline.train.loop import TrainConfig
-from pipeline.train.pairs import PairData, sample_batch
+from pipeline.train.pairs import PairData, sample_batch, select_clips
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,8 @@ class CeilingConfig:
     weights: tuple[float, float, float, float]
     ridge: float
     probe_l2: float
+    #: cross-fitting folds of the training identities (1: none)
+    folds: int = 1
 
 
 @dataclass(frozen=True)
@@ -252,6 +261,63 @@ def predict(
     )
 
 
+Predictions = tuple[np.ndarray, np.ndarray]  # (C, 3 + K) face and voice prediction vectors
+
+
+def cross_fit(
+    train_data: PairData,
+    targets: Targets,
+    test_data: PairData,
+    cfg: CeilingConfig,
+    device: torch.device,
+    progress: Callable[[dict[str, float]], None] | None = None,
+) -> tuple[Predictions, Predictions, list[dict[str, float]]]:
+    """Predictions of the training clips (out-of-fold with ``cfg.folds`` >= 2) and of the test
+    clips (the mean of the fold networks'), and the training history (``fold`` per row).
+
+    Training identities go to folds in a random order drawn from the training seed; fold i's
+    network trains with seed ``seed + i``."""
+    k = len(targets.nationalities)
+    if cfg.folds < 2:
+        model, history = train_ceiling(train_data, targets, cfg, device, progress)
+        return (
+            predict(model, train_data, k, device),
+            predict(model, test_data, k, device),
+            history,
+        )
+    n_ids = len(train_data.identities)
+    if n_ids < cfg.folds:
+        raise ValueError(f"{n_ids} training identities for {cfg.folds} cross-fitting folds")
+    order = np.random.default_rng(cfg.train.seed).permutation(n_ids)
+    fold_of = np.empty(n_ids, dtype=np.int64)
+    fold_of[order] = np.arange(n_ids) % cfg.folds
+    fold = fold_of[train_data.identity.numpy()]
+    width = targets.width
+    oof = (np.zeros((len(train_data), width)), np.zeros((len(train_data), width)))
+    test = (np.zeros((len(test_data), width)), np.zeros((len(test_data), width)))
+    history: list[dict[str, float]] = []
+    for i in range(cfg.folds):
+        fit, held = np.flatnonzero(fold != i), np.flatnonzero(fold == i)
+        rows_fit = torch.from_numpy(fit)
+        sub = select_clips(train_data, rows_fit)
+        sub_targets = replace(
+            targets,
+            gender=targets.gender[rows_fit],
+            nationality=targets.nationality[rows_fit],
+            age=targets.age[rows_fit],
+            build=targets.build[rows_fit],
+        )
+        fold_cfg = replace(cfg, train=replace(cfg.train, seed=cfg.train.seed + i))
+        model, rows = train_ceiling(sub, sub_targets, fold_cfg, device, progress)
+        history += [{**row, "fold": float(i + 1)} for row in rows]
+        face, voice = predict(model, select_clips(train_data, torch.from_numpy(held)), k, device)
+        oof[0][held], oof[1][held] = face, voice
+        face, voice = predict(model, test_data, k, device)
+        test[0][:] += face / cfg.folds
+        test[1][:] += voice / cfg.folds
+    return oof, test, history
+
+
 def fit_map(voice_train: np.ndarray, face_train: np.ndarray, ridge: float) -> Oracle:
     """The oracle's voice-to-face ridge map, fitted on training clips' prediction vectors."""
     return fit_oracle(voice_train, face_train, ridge)
@@ -319,10 +385,9 @@ def run_ceiling(
     ``*_attrs``: attribute rows aligned with the data's clips.
     """
     targets = make_targets(train_attrs)
-    model, history = train_ceiling(train_data, targets, cfg, device, progress)
-    k = len(targets.nationalities)
-    face_tr, voice_tr = predict(model, train_data, k, device)
-    face_te, voice_te = predict(model, test_data, k, device)
+    (face_tr, voice_tr), (face_te, voice_te), history = cross_fit(
+        train_data, targets, test_data, cfg, device, progress
+    )
     mapping = fit_map(voice_tr, face_tr, cfg.ridge)
     emb = Embeddings(
         list(test_data.clip_keys),
