@@ -1,16 +1,33 @@
 """Fan a per-shard function out over a stage's clips with Prefect, and gather its report.
 
-Shards are runs of ``shard_clips`` clips in clip-key order, named ``<stage>-<NNNNN>.parquet``:
-the names depend on params only, never on the worker count. A task processes a shard, or a part
-of one when there are fewer shards than workers (the parts are merged into the same bytes).
-Tasks receive clip references and return counts and failure rows; the arrays stay in the shard
-files.
+Shards are incremental and resumable:
+
+- **Layout** (:func:`shards`): clips in clip-key order, cut *before every anchor clip*, one whose
+  key hashes to 0 modulo ``shard_clips`` (content-defined chunking; ``shard_clips`` clips per
+  shard on average, at most twice that). Adding or removing a clip changes the shard it falls in
+  (or splits or joins two at an anchor) and no other.
+- **Names** (:func:`shard_name`): ``<stage>-<digest>.parquet``, the digest of the stage's recipe
+  (its settings and the source of the code that writes the shard,
+  :func:`pipeline.lineage.source_digest`) and of the shard's clips (key, media path, kind, face
+  folder, file size). Never the worker count.
+- **Reuse**: a shard whose Parquet file and result file (``<name>.json``: counts, failure rows,
+  flagged clips) both exist is done, and is not processed again; after a kill, a rerun does only
+  what was not finished. Every file is written to a hidden temporary name and renamed, so none is
+  ever half-written; hidden leftovers and shards no longer in the layout are removed.
+  ``VOXFACE_RETRY_FAILED=1`` redoes the shards that hold failed clips (and only those).
+
+A task processes a shard, or a part of one when there are fewer shards to do than workers (the
+parts are merged into the same bytes). Tasks receive clip references and return counts and
+failure rows; the arrays stay in the shard files.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
+import shutil
 import sys
 import time
 from collections import Counter
@@ -22,7 +39,8 @@ import pandas as pd
 from prefect import task
 from prefect.futures import PrefectFuture
 
-from pipeline.atomic import atomic_dir
+from pipeline.atomic import atomic_path
+from pipeline.lineage import source_digest
 from pipeline.preprocess.shards import ClipRef, ShardResult, clip_refs
 from pipeline.schema import (
     FAILURES,
@@ -49,9 +67,38 @@ def decode_timeout_s() -> float:
     return float(os.environ.get("VOXFACE_DECODE_TIMEOUT_S", "60"))
 
 
+def _anchor(clip_key: str, size: int) -> bool:
+    digest = hashlib.sha256(clip_key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % size == 0
+
+
 def shards(clips: list[ClipRef], size: int) -> list[list[ClipRef]]:
-    ordered = sorted(clips, key=lambda c: c.clip_key)
-    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+    """The shard layout: ``clips`` in key order, a new shard before every anchor clip (key hash
+    divisible by ``size``) and after ``2 * size`` clips."""
+    out: list[list[ClipRef]] = []
+    for clip in sorted(clips, key=lambda c: c.clip_key):
+        if not out or _anchor(clip.clip_key, size) or len(out[-1]) >= 2 * size:
+            out.append([])
+        out[-1].append(clip)
+    return out
+
+
+def recipe(fn: Callable[..., ShardResult], cfg: Any) -> str:
+    """What a shard's content depends on besides its clips: the shard function's settings and the
+    source of every project module it runs."""
+    return hashlib.sha256(f"{fn.__module__}.{fn.__qualname__}|{cfg!r}|".encode()).hexdigest() + (
+        source_digest(fn.__module__)
+    )
+
+
+def shard_name(stage: str, recipe: str, clips: list[ClipRef]) -> str:
+    """``<stage>-<16 hex digits>``: the digest of ``recipe`` and of the clips' references."""
+    h = hashlib.sha256(recipe.encode())
+    for c in clips:
+        h.update(
+            json.dumps([c.clip_key, c.media_path, c.media_kind, c.face_dir, c.size_bytes]).encode()
+        )
+    return f"{stage}-{h.hexdigest()[:16]}"
 
 
 def split_evenly(clips: list[ClipRef], parts: int) -> list[list[ClipRef]]:
@@ -64,15 +111,34 @@ def split_evenly(clips: list[ClipRef], parts: int) -> list[list[ClipRef]]:
     return [clips[bounds[i] : bounds[i + 1]] for i in range(n)]
 
 
-def work_units(clips: list[ClipRef], shard_clips: int, workers: int) -> list[list[list[ClipRef]]]:
-    """Per shard, the clip runs that tasks process. Shards are the file layout (they depend on
-    ``shard_clips`` only); tasks are the unit of work. With fewer shards than workers, each
-    shard is split into ``ceil(workers / shards)`` tasks, so that every worker has work on small
-    inputs; their part files are merged into the shard, which holds the same rows as when one
-    task does it (shard functions process every clip on its own)."""
-    layout = shards(clips, shard_clips)
+def work_units(layout: list[list[ClipRef]], workers: int) -> list[list[list[ClipRef]]]:
+    """Per shard of ``layout``, the clip runs that tasks process. With fewer shards than
+    workers, each shard is split into ``ceil(workers / shards)`` tasks, so that every worker has
+    work on small inputs; their part files are merged into the shard, which holds the same rows as
+    when one task does it (shard functions process every clip on its own)."""
     per_shard = -(-workers // len(layout)) if layout and len(layout) < workers else 1
     return [split_evenly(s, per_shard) for s in layout]
+
+
+def _save_result(path: Path, res: ShardResult) -> None:
+    doc = {
+        "counts": dict(sorted(res.counts.items())),
+        "failures": res.failures,
+        "flagged": [list(f) for f in res.flagged],
+    }
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(doc, sort_keys=True) + "\n")
+
+
+def _load_result(path: Path) -> ShardResult | None:
+    """A finished shard's result, or None when it is missing or unreadable (redo the shard)."""
+    try:
+        doc = json.loads(path.read_text())
+        return ShardResult(
+            Counter(doc["counts"]), list(doc["failures"]), [tuple(f) for f in doc["flagged"]]
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @task
@@ -98,14 +164,15 @@ def fan_out(
     cfg: Any,
     out: str,
     spec: TableSchema,
-) -> tuple[Counter[str], pd.DataFrame, list[tuple[str, str]]]:
-    """Every clip of ``manifest``, in tasks of at most one shard (:func:`work_units`); the
-    shards (tables ``spec``) and ``failures.parquet`` replace the folder ``out`` whole. Returns
-    the summed counts, the failure rows and the flagged clips
-    (:attr:`pipeline.preprocess.shards.ShardResult.flagged`). Prints progress as tasks finish."""
+) -> tuple[Counter[str], pd.DataFrame, list[tuple[str, str]], dict[str, int]]:
+    """Every clip of ``manifest`` in the folder ``out``: the shards of :func:`shards` (tables
+    ``spec``) that are not there yet, in tasks of at most one shard (:func:`work_units`), then
+    ``failures.parquet``. Returns the summed counts, the failure rows and the flagged clips
+    (:attr:`pipeline.preprocess.shards.ShardResult.flagged`) of every shard, reused or new (so
+    they are the same either way), and the work done (``shards_reused``, ``shards_written``,
+    ``clips_processed``). Prints progress as tasks finish."""
     clips = clip_refs(read_table(manifest, MANIFEST))
-    with atomic_dir(out) as tmp:
-        return _fan_out(stage, fn, clips, shard_clips, Path(root), cfg, tmp, spec)
+    return _fan_out(stage, fn, clips, shard_clips, Path(root), cfg, Path(out), spec)
 
 
 def _fan_out(
@@ -117,38 +184,77 @@ def _fan_out(
     cfg: Any,
     out_dir: Path,
     spec: TableSchema,
-) -> tuple[Counter[str], pd.DataFrame, list[tuple[str, str]]]:
-    submitted: list[tuple[Path, list[tuple[Path, PrefectFuture[ShardResult]]]]] = []
-    for i, parts in enumerate(work_units(clips, shard_clips, workers())):
-        shard = out_dir / f"{stage}-{i:05d}.parquet"
+) -> tuple[Counter[str], pd.DataFrame, list[tuple[str, str]], dict[str, int]]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _remove(out_dir, keep=None)  # hidden leftovers of a killed run (see below)
+    how = recipe(fn, cfg)
+    layout = {shard_name(stage, how, s): s for s in shards(clips, shard_clips)}
+    retry = os.environ.get("VOXFACE_RETRY_FAILED", "") == "1"
+    results: dict[str, ShardResult] = {}
+    for name in layout:
+        done = _load_result(out_dir / f"{name}.json")
+        if (out_dir / f"{name}.parquet").is_file() and done and not (retry and done.failures):
+            results[name] = done
+    reused = len(results)
+    todo = [name for name in layout if name not in results]
+    units = work_units([layout[n] for n in todo], workers())
+    submitted: list[tuple[str, list[tuple[Path, PrefectFuture[ShardResult]]]]] = []
+    for name, parts in zip(todo, units, strict=True):
+        shard = out_dir / f"{name}.parquet"
         paths = [shard] if len(parts) == 1 else [
-            out_dir / f".{shard.stem}.part{j:03d}.parquet" for j in range(len(parts))
+            out_dir / f".{name}.part{j:03d}.parquet" for j in range(len(parts))
         ]  # fmt: skip
         tasks = [
             (path, run_shard.submit(fn, part, str(root), cfg, str(path), decode_timeout_s()))
             for path, part in zip(paths, parts, strict=True)
         ]
-        submitted.append((shard, tasks))
-    total = ShardResult()
-    t0, done, finished = time.perf_counter(), 0, 0
-    n_tasks = sum(len(tasks) for _, tasks in submitted)
-    for shard, tasks in submitted:
+        submitted.append((name, tasks))
+    t0, done_clips, finished = time.perf_counter(), 0, 0
+    n_clips, n_tasks = sum(len(layout[n]) for n in todo), sum(len(t) for _, t in submitted)
+    for name, tasks in submitted:
+        res = ShardResult()
         for _, f in tasks:
-            res: ShardResult = f.result()
-            total.counts.update(res.counts)
-            total.failures += res.failures
-            total.flagged += res.flagged
-            done, finished = done + res.counts["clips_in"], finished + 1
-            progress(stage, done, len(clips), finished, n_tasks, time.perf_counter() - t0)
+            part: ShardResult = f.result()
+            res.counts.update(part.counts)
+            res.failures += part.failures
+            res.flagged += part.flagged
+            done_clips, finished = done_clips + part.counts["clips_in"], finished + 1
+            progress(stage, done_clips, n_clips, finished, n_tasks, time.perf_counter() - t0)
         if len(tasks) > 1:
-            merge_tables([path for path, _ in tasks], shard, spec)
-    # Hidden files: the merged parts, and the temporary file of a worker lost mid-write (Dask
-    # reran its task elsewhere).
-    for hidden in out_dir.glob(".*"):
-        hidden.unlink()
+            merge_tables([path for path, _ in tasks], out_dir / f"{name}.parquet", spec)
+        _save_result(out_dir / f"{name}.json", res)  # last: the shard is done
+        results[name] = res
+    # Hidden files (merged parts, a lost worker's temporary file) and shards of clips no longer
+    # in the manifest (or of other settings or code) go.
+    _remove(out_dir, keep={f"{n}{ext}" for n in layout for ext in (".parquet", ".json")})
+    total = ShardResult()
+    for name in layout:
+        total.counts.update(results[name].counts)
+        total.failures += results[name].failures
+        total.flagged += results[name].flagged
     table = pd.DataFrame(total.failures, columns=FAILURES.schema.names)
     write_table(table, out_dir / "failures.parquet", FAILURES)
-    return total.counts, table, total.flagged
+    work = {"shards_reused": reused, "shards_written": len(todo), "clips_processed": n_clips}
+    return total.counts, table, total.flagged, work
+
+
+def _remove(folder: Path, keep: set[str] | None) -> None:
+    """Delete hidden entries of ``folder``, and, when ``keep`` is given, every shard (``*.parquet``
+    and ``*.json``) not in it; ``failures.parquet`` stays."""
+    for entry in folder.iterdir():
+        stale = entry.name.startswith(".") or (
+            keep is not None
+            and entry.suffix in (".parquet", ".json")
+            and entry.name not in keep
+            and entry.name != "failures.parquet"
+        )
+        if stale:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+#: What a preprocessing run did (speed, reuse): logged to logs/timings, never in the tracked report,
+#: which must be the same whether shards were reused or written.
+WORK_KEYS = ("wall_s", "clips_per_s", "shards_reused", "shards_written", "clips_processed")
 
 
 def progress(stage: str, done: int, total: int, tasks: int, of: int, wall_s: float) -> None:
@@ -196,7 +302,7 @@ def run_stage(
             args.manifest, params.data.root, p, args.out
         )
     # Speed is logged, not tracked: the metrics file changes only when a result does.
-    write_timing(name, {k: report.pop(k) for k in ("wall_s", "clips_per_s") if k in report})
+    write_timing(name, {k: report.pop(k) for k in WORK_KEYS if k in report})
     write_json(args.metrics, report)
     if report["failure_fraction"] > p.max_failure_fraction:
         fail(

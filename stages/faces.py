@@ -38,7 +38,7 @@ def face_config(p: FaceStageParams) -> FaceConfig:
 def faces_flow(manifest: str, root: str, params: FaceStageParams, out: str) -> dict[str, Any]:
     """Process every clip of the manifest into ``out``; returns the stage report."""
     t0 = time.perf_counter()
-    counts, failures, flagged = fan_out(
+    counts, failures, flagged, work = fan_out(
         "faces",
         face_shard,
         manifest,
@@ -66,13 +66,15 @@ def faces_flow(manifest: str, root: str, params: FaceStageParams, out: str) -> d
         "flagged": [{"clip_key": k, "why": why} for k, why in sorted(flagged)],
         "warnings": competing_warning(flagged, counts["clips_out"]),
         "wall_s": round(wall, 1),
-        "clips_per_s": round(counts["clips_in"] / max(wall, 1e-9), 1),
+        "clips_per_s": round(work["clips_processed"] / max(wall, 1e-9), 1),
+        **work,
     }
     print(
         f"faces: {report['clips_out']}/{video_clips} clips, faces in {report['frames_with_face']}"
         f"/{sampled} sampled frames, {report['failures']} failures, "
         f"{report['clips_competing_faces']} with competing faces ({wall:.1f} s, "
-        f"{report['clips_per_s']} clips/s)"
+        f"{report['clips_per_s']} clips/s; {work['shards_written']} shards written, "
+        f"{work['shards_reused']} reused)"
     )
     for w in report["warnings"]:
         print(f"warning: {w}")

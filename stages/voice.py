@@ -45,7 +45,7 @@ def voice_config(p: VoiceStageParams) -> VoiceConfig:
 def voice_flow(manifest: str, root: str, params: VoiceStageParams, out: str) -> dict[str, Any]:
     """Process every clip of the manifest into ``out``; returns the stage report."""
     t0 = time.perf_counter()
-    counts, failures, _ = fan_out(
+    counts, failures, _, work = fan_out(
         "voice",
         voice_shard,
         manifest,
@@ -66,12 +66,14 @@ def voice_flow(manifest: str, root: str, params: VoiceStageParams, out: str) -> 
         "speech_fraction": round(speech_s / max(audio_s, 1e-9), 4),
         **failure_summary(failures, counts["clips_in"]),
         "wall_s": round(wall, 1),
-        "clips_per_s": round(counts["clips_in"] / max(wall, 1e-9), 1),
+        "clips_per_s": round(work["clips_processed"] / max(wall, 1e-9), 1),
+        **work,
     }
     print(
         f"voice: {report['clips_out']}/{report['clips_in']} clips, {speech_s:.0f} s of speech in "
         f"{audio_s:.0f} s, {report['failures']} failures ({wall:.1f} s, "
-        f"{report['clips_per_s']} clips/s)"
+        f"{report['clips_per_s']} clips/s; {work['shards_written']} shards written, "
+        f"{work['shards_reused']} reused)"
     )
     return report
 

@@ -8,61 +8,17 @@ only when ``dvc.yaml`` says so in :data:`NOT_RESULTS` below (none today).
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
 import pytest
 from ruamel.yaml import YAML
 
+from pipeline.lineage import imports, runs, source_digest
 from tests.conftest import REPO
 
 #: (stage, module path) pairs deliberately left out of a stage's deps, with the reason in dvc.yaml.
 NOT_RESULTS: frozenset[tuple[str, str]] = frozenset()
-
-
-def _module_file(name: str) -> Path | None:
-    base = REPO / Path(*name.split("."))
-    for cand in (base.with_suffix(".py"), base / "__init__.py"):
-        if cand.is_file():
-            return cand
-    return None
-
-
-def _imports(path: Path) -> set[str]:
-    """Project modules (``pipeline.*``, ``stages.*``) that ``path`` imports, anywhere in it."""
-    out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # ``from pipeline.x import y``: y may itself be a module
-            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
-        else:
-            continue
-        out |= {n for n in names if n.split(".")[0] in ("pipeline", "stages") and _module_file(n)}
-    return out
-
-
-def runs(module: str) -> set[str]:
-    """Repository-relative files of every project module ``module`` runs (itself included);
-    empty package ``__init__`` files are left out."""
-    seen: set[str] = set()
-    todo = [module]
-    files: set[str] = set()
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        f = _module_file(name)
-        assert f is not None, name
-        if f.name != "__init__.py" or f.read_text().strip():
-            files.add(f.relative_to(REPO).as_posix())
-        parts = name.split(".")
-        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run too
-        todo += sorted(_imports(f))
-    return files
 
 
 def stage_runs(module: str, method: str | None) -> set[str]:
@@ -152,7 +108,27 @@ def test_stages_do_not_import_each_other() -> None:
     offenders = {
         (f.name, m)
         for f in sorted((REPO / "stages").glob("*.py"))
-        for m in _imports(f)
+        for m in imports(f)
         if m.startswith("stages.") and not m.split(".")[1].startswith("_")
     }
     assert not offenders, f"stage modules importing other stages: {sorted(offenders)}"
+
+
+def test_the_source_digest_follows_the_code_a_module_runs(tmp_path: Path) -> None:
+    """An edit to any module ``stages.x`` runs changes its digest; an edit elsewhere does not."""
+    for rel, text in {
+        "stages/__init__.py": "",
+        "stages/x.py": "import pipeline.a\n",
+        "pipeline/__init__.py": "",
+        "pipeline/a.py": "from pipeline import b\n",
+        "pipeline/b.py": "B = 1\n",
+        "pipeline/c.py": "C = 1\n",
+    }.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert runs("stages.x", tmp_path) == {"stages/x.py", "pipeline/a.py", "pipeline/b.py"}
+    before = source_digest("stages.x", tmp_path)
+    (tmp_path / "pipeline/c.py").write_text("C = 2\n")
+    assert source_digest("stages.x", tmp_path) == before
+    (tmp_path / "pipeline/b.py").write_text("B = 2\n")
+    assert source_digest("stages.x", tmp_path) != before

@@ -29,6 +29,7 @@ class ClipRef:
     media_path: str
     media_kind: str
     face_dir: str | None
+    size_bytes: int = -1  # the media file's size (the manifest's), part of the shard's name
 
 
 @dataclass
@@ -54,7 +55,7 @@ class ShardResult:
 
 def clip_refs(manifest: pd.DataFrame) -> list[ClipRef]:
     return [
-        ClipRef(r.clip_key, r.media_path, r.media_kind, r.face_dir)
+        ClipRef(r.clip_key, r.media_path, r.media_kind, r.face_dir, int(r.size_bytes))
         for r in manifest.itertuples(index=False)
     ]
 
