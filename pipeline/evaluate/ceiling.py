@@ -279,12 +279,8 @@ def cross_fit(
     network trains with seed ``seed + i``."""
     k = len(targets.nationalities)
     if cfg.folds < 2:
-        model, history = train_ceiling(train_data, targets, cfg, device, progress)
-        return (
-            predict(model, train_data, k, device),
-            predict(model, test_data, k, device),
-            history,
-        )
+        model, rows = train_ceiling(train_data, targets, cfg, device, progress)
+        return predict(model, train_data, k, device), predict(model, test_data, k, device), rows
     n_ids = len(train_data.identities)
     if n_ids < cfg.folds:
         raise ValueError(f"{n_ids} training identities for {cfg.folds} cross-fitting folds")
