@@ -32,3 +32,37 @@ def test_real_set_repeats_files_under_distinct_names(realdata: Path, tmp_path: P
     m = read_table(manifest, MANIFEST)
     assert len(m) == 3 and set(m["media_kind"]) == {"video"}
     assert field_faces.media_seconds(tmp_path / "clips" / clips[0].name) > 0
+
+
+def test_scale_benchmark_keys_and_memory_projection(tmp_path: Path) -> None:
+    """The scale benchmark's copied manifest (new keys, 6 clips per identity, every row of the
+    source reused in turn) and its linear projection of peak memory."""
+    import pandas as pd
+
+    from benchmarks import scale
+    from pipeline.schema import MANIFEST, read_table
+
+    source = pd.DataFrame(
+        {
+            "clip_key": ["a/v/1", "b/v/1"],
+            "identity": ["a", "b"],
+            "video_id": ["v", "v"],
+            "utterance": ["1", "1"],
+            "split": ["test_unseen", "train"],
+            "gender": ["m", "f"],
+            "nationality": [None, None],
+            "media_path": ["a.mp4", "b.mp4"],
+            "media_kind": ["video", "video"],
+            "face_dir": [None, None],
+            "n_face_crops": [0, 0],
+            "size_bytes": [10, 20],
+        }
+    )
+    m = read_table(scale.copy_manifest(source, 13, tmp_path / "m.parquet"), MANIFEST)
+    assert len(m) == 13 and m.clip_key.is_unique and set(m.split) == {"train"}
+    assert m.identity.value_counts().max() == 6 and m.identity.nunique() == 3
+    assert list(m.media_path[:3]) == ["a.mp4", "b.mp4", "a.mp4"]
+    rows = [{"clips": 100, "peak_rss_mb": 1000}, {"clips": 300, "peak_rss_mb": 2000}]
+    assert scale._projected_mb(rows, 700) == 4000  # 1000 + 5 MB per clip x 600
+    assert scale._projected_mb(rows[:1], 400) == 4000  # one point: proportional
+    assert scale._projected_mb([], 10**9) == 0

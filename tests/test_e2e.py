@@ -141,7 +141,8 @@ def test_outputs_exist_and_are_consistent(tiny_repo: tuple[Path, dict[str, str],
     voice = json.loads((repo / "reports/voice.json").read_text())
     assert faces["clips_in"] == voice["clips_in"] == 96
     assert faces["face_rate"] >= 0.95 and voice["clips_out"] == 96
-    assert (repo / "data/faces/faces-00000.parquet").is_file()
+    shards = sorted((repo / "data/faces").glob("faces-*.parquet"))  # each with its result file
+    assert shards and all(f.with_suffix(".json").is_file() for f in shards)
     assert (repo / "data/voice/failures.parquet").is_file()
     for seed in SEEDS:
         train = json.loads((repo / f"reports/train/cid/s{seed}.json").read_text())
