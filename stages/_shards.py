@@ -215,9 +215,7 @@ def _fan_out(
         res = ShardResult()
         for _, f in tasks:
             part: ShardResult = f.result()
-            res.counts.update(part.counts)
-            res.failures += part.failures
-            res.flagged += part.flagged
+            _add(res, part)
             done_clips, finished = done_clips + part.counts["clips_in"], finished + 1
             progress(stage, done_clips, n_clips, finished, n_tasks, time.perf_counter() - t0)
         if len(tasks) > 1:
@@ -229,13 +227,18 @@ def _fan_out(
     _remove(out_dir, keep={f"{n}{ext}" for n in layout for ext in (".parquet", ".json")})
     total = ShardResult()
     for name in layout:
-        total.counts.update(results[name].counts)
-        total.failures += results[name].failures
-        total.flagged += results[name].flagged
+        _add(total, results[name])
     table = pd.DataFrame(total.failures, columns=FAILURES.schema.names)
     write_table(table, out_dir / "failures.parquet", FAILURES)
     work = {"shards_reused": reused, "shards_written": len(todo), "clips_processed": n_clips}
     return total.counts, table, total.flagged, work
+
+
+def _add(total: ShardResult, part: ShardResult) -> None:
+    """Fold ``part``'s counts, failure rows and flagged clips into ``total``."""
+    total.counts.update(part.counts)
+    total.failures += part.failures
+    total.flagged += part.flagged
 
 
 def _remove(folder: Path, keep: set[str] | None) -> None:

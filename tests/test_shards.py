@@ -20,7 +20,7 @@ import pytest
 
 from pipeline.params import load_params
 from pipeline.preprocess.shards import ClipRef
-from pipeline.schema import FACE_FRAMES, FAILURES, VOICE_FEATURES, read_table
+from pipeline.schema import FACE_FRAMES, FAILURES, read_table
 from stages._runtime import prefect_api, task_runner
 from stages._shards import WORK_KEYS, shard_name, shards
 from stages.faces import faces_flow
@@ -73,15 +73,12 @@ def test_shard_names_follow_recipe_and_clips_not_order() -> None:
 
 # ------------------------------------------------------------------ stage runs
 
-FLOWS: dict[str, tuple[Callable[..., dict[str, Any]], object]] = {
-    "faces": (faces_flow, FACE_FRAMES),
-    "voice": (voice_flow, VOICE_FEATURES),
-}
+FLOWS: dict[str, Callable[..., dict[str, Any]]] = {"faces": faces_flow, "voice": voice_flow}
 
 
 def _run(kind: str, manifest: Path, root: Path, out: Path, shard_clips: int) -> dict[str, Any]:
     p = getattr(load_params(REPO / "params.yaml"), "face" if kind == "faces" else "voice")
-    flow = FLOWS[kind][0].with_options(task_runner=task_runner())  # type: ignore[attr-defined]
+    flow = FLOWS[kind].with_options(task_runner=task_runner())  # type: ignore[attr-defined]
     report: dict[str, Any] = flow(
         str(manifest), str(root), p.model_copy(update={"shard_clips": shard_clips}), str(out)
     )
