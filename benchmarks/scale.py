@@ -14,14 +14,19 @@ processes of the preprocessing stages are not counted). Sizes are ``base x facto
   shard of ``n`` clips costs what ``n`` new clips would (``--prep-base``, default 32 clips).
 - **train**, **evaluate**, without rendering (``--train-base``, default 6,250, so 16x is
   100,000 clips): Parquet shards written directly, every clip a copy of a real one under a new
-  key (6 clips per identity, 3 videos of 2 utterances); then the training stage's data path,
-  :func:`pipeline.train.pairs.load_pairs` and ``--steps`` optimiser steps of ``cid`` (the time
-  of one epoch is extrapolated: loading plus steps x clips / batch), and the evaluation's
-  embedding of every clip (:func:`pipeline.train.loop.embed_clips`; only up to
-  ``--eval-max`` clips, it runs at a few ms per clip).
+  key (6 clips per identity, 3 videos of 2 utterances); then, for each of ``--loaders``
+  (``memory``: :func:`pipeline.train.pairs.load_pairs`; ``stream``:
+  :class:`pipeline.train.stream.StreamData` with ``params.yaml``'s stream settings), ``--steps``
+  optimiser steps of ``cid`` (the time of one epoch is extrapolated: loading plus steps x clips
+  / batch), and the evaluation's embedding of every clip
+  (:func:`pipeline.train.loop.embed_clips`; only up to ``--eval-max`` clips, it runs at a few ms
+  per clip).
+- **throughput**: first, each loader's training steps per second on the default corpus's own
+  shards (``--throughput-steps``), one after the other in the same run, and their ratio.
 
-The training data path holds every clip's crops and features in memory, so its peak grows with
-the corpus; the preprocessing stages stream shard by shard.
+The in-memory loader holds every clip's crops and features, so its peak grows with the corpus;
+the stream holds its shuffle buffer and one shard, and the preprocessing stages stream shard by
+shard.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -92,9 +98,10 @@ def write_direct_shards(faces_dir: Path, voice_dir: Path, n: int, out: Path) -> 
 # ---------------------------------------------------------------- measurements (child process)
 
 
-def measure(kind: str, work: Path, steps: int) -> dict[str, Any]:
+def measure(kind: str, work: Path, steps: int, loader: str = "memory") -> dict[str, Any]:
     """One measurement in this process: ``faces`` / ``voice`` (the stage's flow over
-    ``work/clips.parquet``), ``train`` or ``evaluate`` (over ``work``'s shards)."""
+    ``work/clips.parquet``), ``train`` or ``evaluate`` (over ``work``'s shards, the data read
+    by ``loader``: ``memory`` or ``stream``, :mod:`pipeline.train.stream`)."""
     import torch
 
     from pipeline.params import load_params
@@ -120,34 +127,58 @@ def measure(kind: str, work: Path, steps: int) -> dict[str, Any]:
                 str(manifest), params.data.root, p, str(work / f"out_{kind}")
             )
     else:
-        from pipeline.train.loop import TrainConfig, embed_clips, train
-        from pipeline.train.methods.registry import build_method
-        from pipeline.train.pairs import load_pairs
+        from pipeline.train.loop import Encoders, TrainConfig, embed_clips
+        from pipeline.train.stream import open_pairs
 
         torch.set_num_threads(int(os.environ.get("VOXFACE_THREADS", "2")))
-        data = load_pairs(
-            manifest, work / "faces", work / "voice", ("train",), params.train.face_size_px
-        )
+        train_params = params.train.model_copy(update={"loader": loader})
+        data = open_pairs(manifest, work / "faces", work / "voice", ("train",), train_params)
         loaded = time.perf_counter() - t0
+        cfg = TrainConfig.of(train_params, params.seeds[0])
         if kind == "train":
-            method, mp = build_method("cid", params, data, params.seeds[0])
-            epochs = max(1, -(-steps * params.train.batch_size // len(data)))
-            cfg = TrainConfig.of(params.train, params.seeds[0], epochs=epochs)
-            with tempfile.TemporaryDirectory() as tmp:
-                t1 = time.perf_counter()
-                train(data, method, mp, cfg, Path(tmp), torch.device("cpu"))
-                steps_run = epochs * max(1, len(data) // cfg.batch_size)
-                step_s = (time.perf_counter() - t1) / steps_run
+            step_s = time_steps(data, cfg, params, steps)
             # One epoch of this corpus: loading it, then len / batch steps (extrapolated).
             epoch_s = loaded + step_s * -(-len(data) // cfg.batch_size)
             extra = {"load_s": round(loaded, 1), "step_s": round(step_s, 4)}
-            return _done(kind, n, t0, extra, wall=epoch_s)
-        from pipeline.train.loop import Encoders
-
-        enc = Encoders(TrainConfig.of(params.train, params.seeds[0]))  # untrained: same cost
+            return _done(kind, n, t0, extra | {"loader": loader}, wall=epoch_s)
+        enc = Encoders(cfg)  # untrained: same cost
         embed_clips(enc, data, torch.device("cpu"))
-        return _done(kind, n, t0, {"load_s": round(loaded, 1)})
+        return _done(kind, n, t0, {"load_s": round(loaded, 1), "loader": loader})
     return _done(kind, n, t0, {})
+
+
+def time_steps(data: Any, cfg: Any, params: Any, steps: int) -> float:
+    """Seconds per optimiser step of ``cid`` over ``steps`` batches of ``data``'s epochs (the
+    training loop's body: batches from :func:`pipeline.train.loop.epoch_batches`, both encoders
+    forward, the loss backward, Adam), after two warm-up steps."""
+    import torch
+
+    from pipeline.train.loop import Encoders, epoch_batches
+    from pipeline.train.methods.registry import build_method
+
+    method, _ = build_method("cid", params, data, cfg.seed)
+    enc = Encoders(cfg)
+    opt = torch.optim.Adam([*enc.parameters(), *method.parameters()], lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    done, t1 = 0, 0.0
+    while done < steps + 2:
+        for clips, faces, voices in epoch_batches(data, cfg, gen):
+            if done == 2:
+                t1 = time.perf_counter()
+            terms = method(enc.embed_face(faces), enc.embed_voice(voices), _batch(data, clips))
+            opt.zero_grad()
+            terms["loss"].backward()
+            opt.step()
+            done += 1
+            if done == steps + 2:
+                break
+    return (time.perf_counter() - t1) / steps
+
+
+def _batch(data: Any, clips: Any) -> Any:
+    from pipeline.train.loop import Batch
+
+    return Batch(clips, data.identity[clips], data.video[clips])
 
 
 def _done(
@@ -159,13 +190,61 @@ def _done(
         1000 * wall / n, 2), "peak_rss_mb": round(peak_mb), **extra}  # fmt: skip
 
 
-def _child(kind: str, work: Path, steps: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "benchmarks.scale", "_measure", kind, str(work), str(steps)]
+def _child(kind: str, work: Path, steps: int, loader: str = "memory") -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.scale",
+        "_measure",
+        kind,
+        str(work),
+        str(steps),
+        loader,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+def _report(r: dict[str, Any]) -> dict[str, Any]:
+    other = {k: v for k, v in r.items() if k in ("load_s", "step_s", "loader")}
+    print(
+        f"{r['kind']:9s} {r['factor']:6d} {r['clips']:7d} {r['wall_s']:8.1f} "
+        f"{r['ms_per_clip']:9.2f} {r['peak_rss_mb']:13d}   {other or ''}",
+        flush=True,
+    )
+    return r
+
+
+def throughput(work: Path, loaders: list[str], steps: int) -> list[dict[str, Any]]:
+    """Training steps per second of each loader on the default corpus's own shards (``data/``),
+    measured one after the other in this run; prints the ratios to the first loader."""
+    work.mkdir(parents=True)
+    (work / "clips.parquet").symlink_to(Path("data/manifest/clips.parquet").resolve())
+    (work / "faces").symlink_to(Path("data/faces").resolve())
+    (work / "voice").symlink_to(Path("data/voice").resolve())
+    rows = []
+    for loader in loaders:
+        r = _child("train", work, steps, loader) | {"factor": 0, "kind": "throughput"}
+        r["pairs_per_s"] = round(params_batch() / r["step_s"], 1)
+        rows.append(r)
+    base = rows[0]["pairs_per_s"]
+    for r in rows:
+        print(
+            f"throughput on the default corpus ({r['clips']} training clips), {r['loader']}: "
+            f"{r['pairs_per_s']} pairs/s ({r['pairs_per_s'] / base:.2f} x {rows[0]['loader']}), "
+            f"peak RSS {r['peak_rss_mb']} MB",
+            flush=True,
+        )
+    return rows
+
+
+def params_batch() -> int:
+    from pipeline.params import load_params
+
+    return load_params("params.yaml").train.batch_size
 
 
 def _projected_mb(done: list[dict[str, Any]], n: int) -> float:
@@ -189,7 +268,7 @@ def _available_mb() -> float:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_measure"]:
-        print(json.dumps(measure(argv[1], Path(argv[2]), int(argv[3]))))
+        print(json.dumps(measure(argv[1], Path(argv[2]), int(argv[3]), argv[4])))
         return
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--factors", type=int, nargs="+", default=[1, 4, 16])
@@ -198,52 +277,65 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=30, help="training steps per measurement")
     ap.add_argument("--eval-max", type=int, default=25000, help="largest evaluated corpus")
     ap.add_argument("--parts", nargs="+", default=["faces", "voice", "train", "evaluate"])
+    ap.add_argument("--loaders", nargs="+", default=["memory", "stream"])
+    ap.add_argument(
+        "--throughput-steps", type=int, default=48,
+        help="steps of each loader on the default corpus itself (0: skip that comparison)",
+    )  # fmt: skip
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args(argv)
     os.environ.setdefault("VOXFACE_WORKERS", "2")
     source = read_table(Path("data/manifest/clips.parquet"), MANIFEST)
     rows: list[dict[str, Any]] = []
-    print("part       factor   clips   wall_s   ms/clip   peak RSS MB   other", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
+        if args.throughput_steps:
+            rows += throughput(Path(tmp) / "default", args.loaders, args.throughput_steps)
+        print("part       factor   clips   wall_s   ms/clip   peak RSS MB   other", flush=True)
         for f in args.factors:
             for part in args.parts:
                 work = Path(tmp) / f"{part}{f}"
                 work.mkdir()
                 if part in ("faces", "voice"):
                     copy_manifest(source, args.prep_base * f, work / "clips.parquet")
-                else:
-                    n = args.train_base * f
-                    if part == "evaluate" and n > args.eval_max:
-                        continue
-                    need = _projected_mb([r for r in rows if r["kind"] == part], n)
+                    rows.append(_report(_child(part, work, args.steps) | {"factor": f}))
+                    continue
+                n = args.train_base * f
+                if part == "evaluate" and n > args.eval_max:
+                    continue
+                wrote = False
+                for loader in args.loaders:
+                    done = [r for r in rows if r["kind"] == part and r.get("loader") == loader]
+                    need = _projected_mb(done, n)
                     if need > 0.8 * _available_mb():
                         print(
-                            f"{part:9s} {f:6d} {n:7d}   skipped: its peak would be about "
-                            f"{need / 1024:.0f} GiB (linear in the clips measured), this machine "
-                            f"has {_available_mb() / 1024:.0f} GiB available",
+                            f"{part:9s} {f:6d} {n:7d}   {loader}: skipped, its peak would be "
+                            f"about {need / 1024:.0f} GiB (linear in the clips measured), this "
+                            f"machine has {_available_mb() / 1024:.0f} GiB available",
                             flush=True,
                         )
                         continue
-                    t0 = time.perf_counter()
-                    write_direct_shards(Path("data/faces"), Path("data/voice"), n, work)
-                    print(f"  ({n} clips of shards written in {time.perf_counter() - t0:.0f} s)")
-                r = _child(part, work, args.steps) | {"factor": f}
-                rows.append(r)
-                other = {k: v for k, v in r.items() if k in ("load_s", "step_s")}
-                print(
-                    f"{part:9s} {f:6d} {r['clips']:7d} {r['wall_s']:8.1f} {r['ms_per_clip']:9.2f}"
-                    f" {r['peak_rss_mb']:13d}   {other or ''}",
-                    flush=True,
-                )
+                    if not wrote:
+                        t0 = time.perf_counter()
+                        write_direct_shards(Path("data/faces"), Path("data/voice"), n, work)
+                        wrote = True
+                        print(
+                            f"  ({n} clips of shards written in {time.perf_counter() - t0:.0f} s)"
+                        )
+                    rows.append(_report(_child(part, work, args.steps, loader) | {"factor": f}))
+                shutil.rmtree(work)
     for part in args.parts:
-        mine = sorted((r for r in rows if r["kind"] == part), key=lambda r: r["factor"])
-        if len(mine) >= 2:
-            a, b = mine[0], mine[-1]
-            print(
-                f"{part}: {b['factor']}x / {a['factor']}x clips: peak RSS x"
-                f"{b['peak_rss_mb'] / a['peak_rss_mb']:.2f}, time per clip x"
-                f"{b['ms_per_clip'] / a['ms_per_clip']:.2f}"
+        for loader in (None, *args.loaders):
+            mine = sorted(
+                (r for r in rows if r["kind"] == part and r.get("loader") == loader),
+                key=lambda r: r["factor"],
             )
+            if len(mine) >= 2:
+                a, b = mine[0], mine[-1]
+                print(
+                    f"{part}{f' ({loader})' if loader else ''}: {b['factor']}x / {a['factor']}x "
+                    f"clips: peak RSS x{b['peak_rss_mb'] / a['peak_rss_mb']:.2f}, time per clip x"
+                    f"{b['ms_per_clip'] / a['ms_per_clip']:.2f}"
+                )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 

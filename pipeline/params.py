@@ -155,6 +155,13 @@ class TrainParams(_Section):
     eval_trials: int = Field(ge=100)
     #: mirror each training face crop with probability 1/2 (the training loops' augmentation)
     mirror_flip: bool = True
+    #: ``memory``: every clip decoded into memory (:func:`pipeline.train.pairs.load_pairs`);
+    #: ``stream``: read shard by shard in bounded memory (:mod:`pipeline.train.stream`; batches
+    #: depend on ``stream_workers``, the DataLoader processes, 0 = in the training process)
+    loader: Literal["memory", "stream"] = "memory"
+    stream_workers: int = Field(default=0, ge=0)
+    stream_buffer_clips: int = Field(default=1024, ge=1)
+    stream_cache_mb: float = Field(default=0.0, ge=0)
 
 
 #: A number of clusters: k-means needs at least two.

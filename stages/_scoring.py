@@ -94,7 +94,7 @@ def probe_figures(
     the training split's clips, scored on the test_unseen clips of ``test``."""
     manifest = Path(args.manifest)
     train = model_embeddings(
-        encoders, manifest, Path(args.faces), Path(args.voice), params.train.face_size_px,
+        encoders, manifest, Path(args.faces), Path(args.voice), params.train,
         next(encoders.parameters()).device, splits=("train",),
     )  # fmt: skip
     synth = params.data.layout == "synth"

@@ -57,7 +57,7 @@ def evaluate_flow(
             manifest,
             Path(args.faces),
             Path(args.voice),
-            params.train.face_size_px,
+            params.train,
             dev,
         )
     if oracle:

@@ -78,7 +78,7 @@ def lowshot_flow(
         subset, loss, lp, cfg, out / "state", dev, init=base.state_dict(), progress=show
     )
     save_model(out / "model.pt", cfg, f"lowshot_{method}", encoders)
-    emb = model_embeddings(encoders, manifest, faces, voice, t.face_size_px, dev)
+    emb = model_embeddings(encoders, manifest, faces, voice, t, dev)
     name = f"lowshot_{method}"
     metrics_file, eval_out = seed_outputs(name, seed, Path(args.metrics), Path(args.eval))
     metrics = score_and_write(

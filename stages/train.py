@@ -34,7 +34,7 @@ from pipeline.train.methods.registry import (
     lookup,
     train_method,
 )
-from pipeline.train.pairs import load_pairs
+from pipeline.train.stream import open_pairs
 from stages._runtime import (
     device,
     fail,
@@ -53,7 +53,7 @@ def train_flow(
 ) -> dict[str, Any]:
     t = params.train
     setup_torch()
-    data = load_pairs(Path(manifest), Path(faces), Path(voice), ("train",), t.face_size_px)
+    data = open_pairs(Path(manifest), Path(faces), Path(voice), ("train",), t)
     dev = device()
     rates: list[float] = []
 
@@ -74,7 +74,7 @@ def train_flow(
     save_model(Path(out) / "model.pt", cfg, method_name, encoders)
     # Quick check on the validation identities (the evaluation stages score the test splits),
     # on trials drawn and scored by the evaluation's own code.
-    val = load_pairs(Path(manifest), Path(faces), Path(voice), ("val",), t.face_size_px)
+    val = open_pairs(Path(manifest), Path(faces), Path(voice), ("val",), t)
     f, v = embed_clips(encoders, val, dev)
     emb = Embeddings(list(val.clip_keys), f.numpy(), v.numpy())
     m = read_table(manifest, MANIFEST)

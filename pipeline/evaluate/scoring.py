@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -34,7 +34,10 @@ from pipeline.schema import (
     read_table,
 )
 from pipeline.train.loop import Encoders, embed_clips
-from pipeline.train.pairs import load_pairs
+from pipeline.train.stream import open_pairs
+
+if TYPE_CHECKING:
+    from pipeline.params import TrainParams
 
 EVAL_SPLITS = ("test_unseen", "test_seen")
 CHANCE = {"match_1to2": 0.5, "match_1to10": 0.1, "verify_auc": 0.5, "verify_eer": 0.5}
@@ -87,11 +90,13 @@ def model_embeddings(
     manifest: Path,
     faces_dir: Path,
     voice_dir: Path,
-    face_size: int,
+    train: TrainParams,
     device: torch.device,
     splits: tuple[str, ...] = EVAL_SPLITS,
 ) -> Embeddings:
-    data = load_pairs(manifest, faces_dir, voice_dir, splits, face_size)
+    """Every clip of ``splits`` embedded by ``encoders``, its data read as ``train.loader`` says
+    (in memory, or shard by shard)."""
+    data = open_pairs(manifest, faces_dir, voice_dir, splits, train)
     f, v = embed_clips(encoders, data, device)
     return Embeddings(
         list(data.clip_keys), f.numpy().astype(np.float32), v.numpy().astype(np.float32)

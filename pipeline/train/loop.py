@@ -17,7 +17,7 @@ import pickle
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,8 +29,14 @@ from pipeline.atomic import atomic_path
 from pipeline.train import encoders as encoders_module
 from pipeline.train import methods as methods_package
 from pipeline.train import pairs as pairs_module
+from pipeline.train import stream as stream_module
 from pipeline.train.encoders import build_face_encoder, build_head, build_voice_encoder
 from pipeline.train.pairs import PairData, sample_batch
+from pipeline.train.stream import StreamBatch, StreamData, embed_stream
+
+#: Training data: decoded in memory (:func:`pipeline.train.pairs.load_pairs`) or streamed from
+#: the shards (:class:`pipeline.train.stream.StreamData`).
+TrainData = PairData | StreamData
 
 if TYPE_CHECKING:
     from pipeline.params import TrainParams
@@ -70,7 +76,7 @@ class TrainConfig:
             **changes,
         )
 
-    def digest(self, method_params: object, data: PairData, method: nn.Module) -> str:
+    def digest(self, method_params: object, data: TrainData, method: nn.Module) -> str:
         """Identifies a run: this config, the method's params, the training data's content and
         the source of the code that trains it (loop, encoders, pairs, the method's module)."""
         h = hashlib.sha256(json.dumps([asdict(self), repr(method_params)], sort_keys=True).encode())
@@ -78,12 +84,16 @@ class TrainConfig:
             sys.modules[__name__],
             encoders_module,
             pairs_module,
+            stream_module,
             sys.modules[type(method).__module__],
         ):
             h.update(Path(inspect.getfile(module)).read_bytes())
         # The shared method pieces (InfoNCE, k-means, memory banks) every method may import.
         for shared in sorted(Path(inspect.getfile(methods_package)).parent.glob("*.py")):
             h.update(shared.read_bytes())
+        if isinstance(data, StreamData):
+            h.update(data.digest())
+            return h.hexdigest()[:16]
         for t in (
             data.faces,
             data.face_offsets,
@@ -100,7 +110,7 @@ class TrainConfig:
 class Batch:
     """What a method sees besides the embeddings: the clips' identity and video indices."""
 
-    clips: torch.Tensor  # (B,) indices into the PairData
+    clips: torch.Tensor  # (B,) indices into the training data's clips
     identity: torch.Tensor  # (B,)
     video: torch.Tensor  # (B,)
 
@@ -158,8 +168,25 @@ def load_state(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]
     return state
 
 
+def epoch_batches(data: TrainData, cfg: TrainConfig, gen: torch.Generator) -> Iterator[StreamBatch]:
+    """One epoch's (clips, faces, voices) batches. In memory: a random permutation of the clips
+    cut into ``len // batch_size`` batches (at least one), each sampled by
+    :func:`pipeline.train.pairs.sample_batch` from ``gen``; streamed: an epoch seed drawn from
+    ``gen``, then :meth:`pipeline.train.stream.StreamData.batches`."""
+    if isinstance(data, StreamData):
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        yield from data.batches(seed, cfg.batch_size, cfg.voice_frames, cfg.mirror_flip)
+        return
+    n = len(data)
+    perm = torch.randperm(n, generator=gen)
+    for s in range(max(1, n // cfg.batch_size)):
+        clips = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+        faces, voices = sample_batch(data, clips, cfg.voice_frames, gen, cfg.mirror_flip)
+        yield clips, faces, voices
+
+
 def train(
-    data: PairData,
+    data: TrainData,
     method: nn.Module,
     method_params: object,
     cfg: TrainConfig,
@@ -203,19 +230,16 @@ def train(
             gen.set_state(state["generator"])
             history = state["history"]
             start = state["epoch"]
-    n = len(data)
-    steps = max(1, n // cfg.batch_size)
     for epoch in range(start, cfg.epochs):
         hook = getattr(method, "on_epoch_start", None)
         if hook is not None:
             hook(epoch=epoch, data=data, encoders=encoders, device=device, generator=gen)
         encoders.train()
-        perm = torch.randperm(n, generator=gen)
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
-        for s in range(steps):
-            clips = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            faces, voices = sample_batch(data, clips, cfg.voice_frames, gen, cfg.mirror_flip)
+        steps = pairs = 0
+        for clips, faces, voices in epoch_batches(data, cfg, gen):
+            steps, pairs = steps + 1, pairs + len(clips)
             batch = Batch(
                 clips.to(device), data.identity[clips].to(device), data.video[clips].to(device)
             )
@@ -228,6 +252,8 @@ def train(
             for k, val in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(val.detach())
         wall = time.perf_counter() - t0
+        if steps == 0:
+            raise ValueError(f"{len(data)} training clips give no batch of {cfg.batch_size}")
         row = {"epoch": float(epoch + 1), **{k: v / steps for k, v in sums.items()}}
         history.append(row)  # results only: the speed goes to ``progress``, never to a file
         _save(
@@ -243,7 +269,7 @@ def train(
             },
         )
         if progress is not None:
-            progress({**row, "pairs_per_s": steps * cfg.batch_size / wall})
+            progress({**row, "pairs_per_s": pairs / wall})
     return encoders, history
 
 
@@ -258,7 +284,7 @@ class Run:
     data, the config, the state folder (each phase checkpoints in ``state/<phase>``), the device,
     ``rebuild`` (a fresh method module, seeded as the first one) and the progress callback."""
 
-    data: PairData
+    data: TrainData
     cfg: TrainConfig
     state: Path
     device: torch.device
@@ -288,10 +314,13 @@ def single_phase(run: Run, method: nn.Module, params: object) -> PhaseResult:
 
 @torch.inference_mode()
 def embed_clips(
-    encoders: Encoders, data: PairData, device: torch.device, batch: int = 256
+    encoders: Encoders, data: TrainData, device: torch.device, batch: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per clip: the face embedding (mean over its frames and their mirror images) and the voice
-    embedding of its whole speech. Returns (C, d), (C, d) L2-normalised."""
+    embedding of its whole speech. Returns (C, d), (C, d) L2-normalised. Streamed data is embedded
+    unit by unit (:func:`pipeline.train.stream.embed_stream`)."""
+    if isinstance(data, StreamData):
+        return embed_stream(encoders, data, device)
     return (
         embed_faces(encoders, data.faces, data.face_offsets, device, batch),
         embed_voices(encoders, data.voices, data.voice_offsets, device),

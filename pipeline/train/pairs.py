@@ -62,10 +62,42 @@ def load_pairs(
     keys = sorted(set(m["clip_key"]) & set(faces["clip_key"]) & set(voices.index))
     if not keys:
         raise ValueError(f"no clip of splits {splits} has both faces and voice features")
-    faces = faces[faces["clip_key"].isin(keys)].sort_values(["clip_key", "frame_index"])
     meta = m.set_index("clip_key").loc[keys]
+    identities, videos, identity, video = label_clips(meta)
+    return assemble(keys, faces, voices, identity, video, identities, videos, face_size)
+
+
+def label_clips(
+    meta: pd.DataFrame,
+) -> tuple[list[str], list[str], torch.Tensor, torch.Tensor]:
+    """The sorted identities and videos (``<identity>/<video_id>``) of the manifest rows ``meta``
+    (indexed by clip key), and each row's index into them."""
     identities = sorted(set(meta["identity"]))
     videos = sorted(set(meta["identity"] + "/" + meta["video_id"]))
+    id_index = {k: i for i, k in enumerate(identities)}
+    vid_index = {k: i for i, k in enumerate(videos)}
+    identity = torch.tensor([id_index[i] for i in meta["identity"]])
+    video = torch.tensor(
+        [vid_index[i + "/" + v] for i, v in zip(meta["identity"], meta["video_id"], strict=True)]
+    )
+    return identities, videos, identity, video
+
+
+def assemble(
+    keys: list[str],
+    faces: pd.DataFrame,
+    voices: pd.DataFrame,
+    identity: torch.Tensor,
+    video: torch.Tensor,
+    identities: list[str],
+    videos: list[str],
+    face_size: int,
+) -> PairData:
+    """The PairData of the clips ``keys`` (sorted) from their FACE_FRAMES rows ``faces`` (other
+    clips' rows are ignored) and their VOICE_FEATURES rows ``voices`` (indexed by clip key), crops
+    resized to ``face_size``; ``identity`` / ``video``: the clips' indices into ``identities`` /
+    ``videos``."""
+    faces = faces[faces["clip_key"].isin(keys)].sort_values(["clip_key", "frame_index"])
     face_imgs, face_counts = [], faces.groupby("clip_key", sort=True).size().loc[keys].to_numpy()
     for data in faces["crop_jpeg"]:
         img = decode_jpeg(data)
@@ -75,21 +107,14 @@ def load_pairs(
             )
         face_imgs.append(img)
     feats = [features_of(voices.loc[k]) for k in keys]
-    id_index = {k: i for i, k in enumerate(identities)}
-    vid_index = {k: i for i, k in enumerate(videos)}
     return PairData(
         clip_keys=keys,
         faces=torch.from_numpy(np.stack(face_imgs)).permute(0, 3, 1, 2).contiguous(),
         face_offsets=torch.from_numpy(np.concatenate([[0], np.cumsum(face_counts)])),
         voices=torch.from_numpy(np.concatenate(feats).astype(np.float16)),
         voice_offsets=torch.from_numpy(np.concatenate([[0], np.cumsum([len(f) for f in feats])])),
-        identity=torch.tensor([id_index[i] for i in meta["identity"]]),
-        video=torch.tensor(
-            [
-                vid_index[i + "/" + v]
-                for i, v in zip(meta["identity"], meta["video_id"], strict=True)
-            ]
-        ),
+        identity=identity,
+        video=video,
         identities=identities,
         videos=videos,
     )

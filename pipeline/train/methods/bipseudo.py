@@ -42,7 +42,7 @@ from pipeline.train.methods.common import symmetric_info_nce
 
 if TYPE_CHECKING:
     from pipeline.params import TrainParams
-    from pipeline.train.pairs import PairData
+    from pipeline.train.loop import TrainData
 
 
 class BiPseudo(ClusteredMemories):
@@ -117,7 +117,7 @@ class BiPseudo(ClusteredMemories):
         return self.loss_terms(face, voice, batch.clips)
 
 
-def build(params: BipseudoSection, train: TrainParams, data: PairData, seed: int) -> BiPseudo:
+def build(params: BipseudoSection, train: TrainParams, data: TrainData, seed: int) -> BiPseudo:
     """The registry's builder: one memory row per training clip."""
     return BiPseudo(params, len(data), train.embed_dim, seed)
 

@@ -19,7 +19,7 @@ from pipeline.train.methods.common import info_nce_loss
 
 if TYPE_CHECKING:
     from pipeline.params import TrainParams
-    from pipeline.train.pairs import PairData
+    from pipeline.train.loop import TrainData
 
 
 class CID(torch.nn.Module):
@@ -38,6 +38,6 @@ class CID(torch.nn.Module):
         return {"loss": loss, "instance": loss.detach()}
 
 
-def build(params: CidSection, train: TrainParams, data: PairData, seed: int) -> CID:
+def build(params: CidSection, train: TrainParams, data: TrainData, seed: int) -> CID:
     """The registry's builder (:mod:`pipeline.train.methods.registry`)."""
     return CID(params)

@@ -61,7 +61,7 @@ from pipeline.train.methods.common import symmetric_info_nce, two_way_loss
 
 if TYPE_CHECKING:
     from pipeline.params import TrainParams
-    from pipeline.train.pairs import PairData
+    from pipeline.train.loop import TrainData
 
 PUBLISHED_PROTO_DIVISOR = 4  # entries of the released code's clustering-result dict
 
@@ -226,6 +226,6 @@ class CMPC(ClusteredMemories):
         return self.loss_terms(face, voice, batch.video)
 
 
-def build(params: CmpcSection, train: TrainParams, data: PairData, seed: int) -> CMPC:
+def build(params: CmpcSection, train: TrainParams, data: TrainData, seed: int) -> CMPC:
     """The registry's builder: one memory row per training video."""
     return CMPC(params, len(data.videos), train.embed_dim, seed)

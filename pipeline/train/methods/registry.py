@@ -23,8 +23,7 @@ import torch
 from torch import nn
 
 from pipeline.params import Params, TrainParams
-from pipeline.train.loop import PhaseResult, Run, TrainConfig, single_phase
-from pipeline.train.pairs import PairData
+from pipeline.train.loop import PhaseResult, Run, TrainConfig, TrainData, single_phase
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ class Method:
         """The method's module (imported here when given by name)."""
         return importlib.import_module(self.module) if isinstance(self.module, str) else self.module
 
-    def build(self, section: Any, train: TrainParams, data: PairData, seed: int) -> nn.Module:
+    def build(self, section: Any, train: TrainParams, data: TrainData, seed: int) -> nn.Module:
         built: nn.Module = self.resolve().build(section, train, data, seed)
         return built
 
@@ -91,7 +90,7 @@ def lookup(name: str, methods: list[Method] | None = None) -> Method:
 
 
 def build_method(
-    name: str, params: Params, data: PairData, seed: int, methods: list[Method] | None = None
+    name: str, params: Params, data: TrainData, seed: int, methods: list[Method] | None = None
 ) -> tuple[nn.Module, Any]:
     """The method's loss module, seeded (so a classifier's init is reproducible), and its params
     section. ValueError when the section does not fit the data (e.g. more clusters than clips)."""
@@ -104,7 +103,7 @@ def build_method(
 def train_method(
     name: str,
     params: Params,
-    data: PairData,
+    data: TrainData,
     seed: int,
     state: Path,
     device: torch.device,

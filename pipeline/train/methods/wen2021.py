@@ -51,7 +51,7 @@ from pipeline.train.loop import PhaseResult, Run
 
 if TYPE_CHECKING:
     from pipeline.params import TrainParams
-    from pipeline.train.pairs import PairData
+    from pipeline.train.loop import TrainData
 
 LOCAL_MARGIN = 3.4  # the published code's constant inside the log
 PUBLISHED_EMPTY_BATCH = 1e-3  # the released code: batch weights summing below this get + 1
@@ -251,7 +251,7 @@ class IdentityReweighting(nn.Module):
         return self.raw / self.raw.mean()
 
 
-def build(params: Wen2021Section, train: TrainParams, data: PairData, seed: int) -> Wen2021:
+def build(params: Wen2021Section, train: TrainParams, data: TrainData, seed: int) -> Wen2021:
     """The registry's builder: a classifier over the training identities."""
     return Wen2021(params, len(data.identities), train.embed_dim)
 
