@@ -174,14 +174,16 @@ def stage_params(path: str) -> Params:
 
 
 def setup_torch() -> None:
-    """Deterministic kernels and the thread count (``VOXFACE_THREADS``, default: every core) for
-    a training process. The thread count changes the trained floats, so the training stages
-    record it with their results. cuBLAS needs its fixed workspace set before CUDA starts."""
+    """Deterministic kernels and the thread count (``VOXFACE_THREADS``, default: every core, shared
+    out among the processes of a ``torchrun`` launch on this node) for a training process. The
+    thread count changes the trained floats, so the training stages record it with their
+    results. cuBLAS needs its fixed workspace set before CUDA starts."""
     import torch
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(int(os.environ.get("VOXFACE_THREADS", str(os.cpu_count() or 1))))
+    share = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    torch.set_num_threads(int(os.environ.get("VOXFACE_THREADS", str(share))))
 
 
 def device() -> torch.device:

@@ -10,12 +10,22 @@ runs its two phases (the re-weighting run, then the main run with the identity w
 frozen; :func:`pipeline.train.methods.wen2021.phases`). The method comes from
 :mod:`pipeline.train.methods.registry`. The device comes from ``VOXFACE_DEVICE`` (default: CUDA when
 present, else CPU).
+
+Data-parallel training (:mod:`pipeline.train.distributed`): ``VOXFACE_NPROC=N`` relaunches the
+stage as ``torchrun --standalone --nproc-per-node N`` (so ``VOXFACE_NPROC=2 dvc repro`` trains
+every model over two processes), or launch ``torchrun ... -m stages.train ...`` yourself (several
+nodes: ``--nnodes``, ``--rdzv-endpoint``). Each process takes one GPU (``LOCAL_RANK``) or a share
+of the CPU cores; rank 0 alone writes the checkpoints, the model and the reports, which record
+the process count (``processes``) with the thread count: like it, it changes the trained floats.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +37,7 @@ from pipeline.atomic import atomic_path
 from pipeline.evaluate.scoring import Embeddings, quick_match
 from pipeline.params import Params
 from pipeline.schema import MANIFEST, read_table
+from pipeline.train import distributed
 from pipeline.train.loop import embed_clips, save_model
 from pipeline.train.methods.registry import (
     MethodSetupError,
@@ -54,10 +65,12 @@ def train_flow(
     t = params.train
     setup_torch()
     data = open_pairs(Path(manifest), Path(faces), Path(voice), ("train",), t)
-    dev = device()
+    dev = distributed.init_from_env() or device()
     rates: list[float] = []
 
     def show(row: dict[str, float]) -> None:
+        if distributed.rank() != 0:
+            return
         rates.append(row["pairs_per_s"])
         print(
             f"{method_name} epoch {int(row['epoch'])}: loss {row['loss']:.4f} "
@@ -71,6 +84,8 @@ def train_flow(
         )
     except MethodSetupError as e:  # e.g. more clusters than the clips the faces/voice stages kept
         return {"error": str(e)}
+    if distributed.rank() != 0:  # rank 0 holds the same model and writes it
+        return {"rank": distributed.rank()}
     save_model(Path(out) / "model.pt", cfg, method_name, encoders)
     # Quick check on the validation identities (the evaluation stages score the test splits),
     # on trials drawn and scored by the evaluation's own code.
@@ -85,6 +100,7 @@ def train_flow(
         "final_loss": history[-1]["loss"],
         # The settings that change a CPU run's floats (recorded with the results they shaped).
         "threads": torch.get_num_threads(),
+        "processes": distributed.world_size(),
         "device": dev.type,
         # speed, logged to logs/timings by main(), not tracked
         "pairs_per_s": float(np.mean(rates)) if rates else None,
@@ -113,7 +129,14 @@ def main(argv: list[str] | None = None) -> None:
     except UnknownMethodError as e:
         fail(f"train@{args.method}-{args.seed}: {e}")
     params = stage_params(args.params)
+    nproc = int(os.environ.get("VOXFACE_NPROC", "1"))
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # relaunch as N processes
+        args_ = sys.argv[1:] if argv is None else argv
+        sys.exit(subprocess.call(torchrun_command(nproc, args_)))
     out = args.out or model_dir(args.method, args.seed)
+    if distributed.rank_from_env() != 0:  # another rank of torchrun: the same training, no flow
+        train_flow.fn(args.method, args.seed, params, args.manifest, args.faces, args.voice, out)
+        return
     with prefect_api():
         res = train_flow(args.method, args.seed, params, args.manifest, args.faces, args.voice, out)
     if "error" in res:
@@ -128,6 +151,12 @@ def main(argv: list[str] | None = None) -> None:
         {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()},
     )
     print(f"train@{args.method}-{args.seed}: {json.dumps(res)}")
+
+
+def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
+    """This stage as ``nproc`` processes on this node (``torchrun --standalone``: a free port)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc-per-node", str(nproc), "-m", "stages.train", *argv]  # fmt: skip
 
 
 if __name__ == "__main__":

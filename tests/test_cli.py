@@ -21,7 +21,7 @@ from PIL import Image
 
 from pipeline.cli import main
 from pipeline.evaluate.scoring import _ranked, model_embeddings
-from pipeline.params import CidSection
+from pipeline.params import CidSection, load_params
 from pipeline.preprocess.face_tracks import face_shard
 from pipeline.preprocess.jpeg import decode_jpeg
 from pipeline.preprocess.media import read_audio, read_frames
@@ -108,9 +108,9 @@ def test_match_ranks_faces_as_evaluation_does(
     setup: Setup, capsys: pytest.CaptureFixture[str]
 ) -> None:
     enc, _ = load_model(setup.model, torch.device("cpu"))
-    face_size = em.settings(Path(PARAMS)).face_size
+    train_params = load_params(PARAMS).train
     emb = model_embeddings(
-        enc, setup.manifest, setup.faces, setup.voice, face_size, torch.device("cpu"), ("train",)
+        enc, setup.manifest, setup.faces, setup.voice, train_params, torch.device("cpu"), ("train",)
     )
     m = read_table(setup.manifest, MANIFEST)
     identity = dict(zip(m["clip_key"], m["identity"], strict=True))

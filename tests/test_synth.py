@@ -339,3 +339,21 @@ def test_mtcnn_finds_one_face_and_vad_finds_speech(
         diffs.append(abs(flags.mean() - clip.speech_fraction))
     assert one / total >= 0.95, f"one face in {one}/{total} frames"
     assert np.mean(diffs) <= 0.10
+
+
+def test_the_large_preset_plans_over_ten_thousand_distinct_clips() -> None:
+    """params.yaml's scale preset (issue: a synthetic corpus of >= 10,000 clips): planned, not
+    rendered; every clip has its own key and every identity its own gender and voice."""
+    from pipeline.params import load_params
+    from tests.conftest import REPO
+
+    large = load_params(REPO / "params.yaml").synth.presets["large"]
+    spec = small_spec(
+        identities=large.identities, videos=large.videos_per_identity,
+        utts=large.utterances_per_video, dur=large.min_duration_s,
+    )  # fmt: skip
+    identities, videos, clips = plan_corpus(spec)
+    assert len(clips) >= 10_000 and clips["path"].is_unique
+    assert len(identities) == large.identities and identities["identity"].is_unique
+    assert len(videos) == large.identities * large.videos_per_identity
+    assert set(identities["gender"]) == {"m", "f"}

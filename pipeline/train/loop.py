@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from pipeline.atomic import atomic_path
+from pipeline.train import distributed
 from pipeline.train import encoders as encoders_module
 from pipeline.train import methods as methods_package
 from pipeline.train import pairs as pairs_module
@@ -79,12 +80,15 @@ class TrainConfig:
     def digest(self, method_params: object, data: TrainData, method: nn.Module) -> str:
         """Identifies a run: this config, the method's params, the training data's content and
         the source of the code that trains it (loop, encoders, pairs, the method's module)."""
-        h = hashlib.sha256(json.dumps([asdict(self), repr(method_params)], sort_keys=True).encode())
+        # The process count: N processes sum BatchNorm statistics and gradients in another order.
+        setup = [asdict(self), repr(method_params), distributed.world_size()]
+        h = hashlib.sha256(json.dumps(setup, sort_keys=True).encode())
         for module in (
             sys.modules[__name__],
             encoders_module,
             pairs_module,
             stream_module,
+            distributed,
             sys.modules[type(method).__module__],
         ):
             h.update(Path(inspect.getfile(module)).read_bytes())
@@ -185,6 +189,20 @@ def epoch_batches(data: TrainData, cfg: TrainConfig, gen: torch.Generator) -> It
         yield clips, faces, voices
 
 
+def _embed_batch(
+    encoders: Encoders, faces: torch.Tensor, voices: torch.Tensor, ddp: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both modalities' embeddings of a batch; across processes, each rank embeds its block and
+    gathers the others' (:mod:`pipeline.train.distributed`)."""
+    if not ddp:
+        return encoders.embed_face(faces), encoders.embed_voice(voices)
+    mine = distributed.local_rows(len(faces))
+    return (
+        distributed.gather_rows(encoders.embed_face(faces[mine])),
+        distributed.gather_rows(encoders.embed_voice(voices[mine])),
+    )
+
+
 def train(
     data: TrainData,
     method: nn.Module,
@@ -214,7 +232,13 @@ def train(
     if init is not None:
         encoders.load_state_dict(init)
     method.to(device)
+    ddp = distributed.active()
+    if ddp:  # global-batch BatchNorm; every rank starts from rank 0's weights
+        distributed.convert_batchnorm(encoders)
+        distributed.broadcast_state(encoders)
+        distributed.broadcast_state(method)
     params = [*encoders.parameters(), *method.parameters()]
+    dtype = params[0].dtype  # float32, or float64 when that is torch's default dtype
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
@@ -234,20 +258,27 @@ def train(
         hook = getattr(method, "on_epoch_start", None)
         if hook is not None:
             hook(epoch=epoch, data=data, encoders=encoders, device=device, generator=gen)
+            if ddp:  # one clustering (rank 0's) for every rank
+                distributed.broadcast_state(method)
         encoders.train()
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
         steps = pairs = 0
         for clips, faces, voices in epoch_batches(data, cfg, gen):
             steps, pairs = steps + 1, pairs + len(clips)
+            if ddp:  # whole blocks per rank: the batch's last (size mod ranks) clips are left out
+                keep = len(clips) - len(clips) % distributed.world_size()
+                clips, faces, voices = clips[:keep], faces[:keep], voices[:keep]
             batch = Batch(
                 clips.to(device), data.identity[clips].to(device), data.video[clips].to(device)
             )
-            f = encoders.embed_face(faces.to(device))  # (B, d)
-            v = encoders.embed_voice(voices.to(device))  # (B, d)
+            faces, voices = faces.to(device, dtype), voices.to(device, dtype)
+            f, v = _embed_batch(encoders, faces, voices, ddp)  # (B, d) x 2
             terms = method(f, v, batch)
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
+            if ddp:
+                distributed.sync_grads(encoders.parameters(), method.parameters())
             opt.step()
             for k, val in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(val.detach())
@@ -256,18 +287,19 @@ def train(
             raise ValueError(f"{len(data)} training clips give no batch of {cfg.batch_size}")
         row = {"epoch": float(epoch + 1), **{k: v / steps for k, v in sums.items()}}
         history.append(row)  # results only: the speed goes to ``progress``, never to a file
-        _save(
-            ckpt_path,
-            {
-                "digest": digest,
-                "epoch": epoch + 1,
-                "encoders": encoders.state_dict(),
-                "method": method.state_dict(),
-                "optimizer": opt.state_dict(),
-                "generator": gen.get_state(),
-                "history": history,
-            },
-        )
+        if distributed.rank() == 0:
+            _save(
+                ckpt_path,
+                {
+                    "digest": digest,
+                    "epoch": epoch + 1,
+                    "encoders": encoders.state_dict(),
+                    "method": method.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "generator": gen.get_state(),
+                    "history": history,
+                },
+            )
         if progress is not None:
             progress({**row, "pairs_per_s": pairs / wall})
     return encoders, history

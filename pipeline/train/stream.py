@@ -29,6 +29,7 @@ per-video memory). :func:`embed_stream` embeds clips unit by unit for evaluation
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -180,8 +181,26 @@ class StreamData:
         if self.workers == 0:
             yield from epoch
             return
-        loader = DataLoader(epoch, batch_size=None, num_workers=self.workers)
+        loader = DataLoader(
+            epoch, batch_size=None, num_workers=self.workers, multiprocessing_context=_workers()
+        )
         yield from loader
+
+    def __getstate__(self) -> dict[str, object]:
+        """What a DataLoader worker receives: everything but the training process's cache."""
+        state = self.__dict__.copy()
+        state["_cache"] = OrderedDict()
+        return state
+
+
+def _workers() -> multiprocessing.context.BaseContext:
+    """The start method of the stream's DataLoader workers: ``forkserver``, whose server is a
+    fresh process that has imported this module, never a fork of the training process. A fork
+    copies the training process's threads' locks in whatever state they are (Prefect's and Dask's
+    threads run there); forked workers died with exit code 1 after such threads had run."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
 
 
 def _nbytes(d: PairData) -> int:
