@@ -16,7 +16,8 @@ processes of the preprocessing stages are not counted). Sizes are ``base x facto
   100,000 clips): Parquet shards written directly, every clip a copy of a real one under a new
   key (6 clips per identity, 3 videos of 2 utterances); then, for each of ``--loaders``
   (``memory``: :func:`pipeline.train.pairs.load_pairs`; ``stream``:
-  :class:`pipeline.train.stream.StreamData` with ``params.yaml``'s stream settings), ``--steps``
+  :class:`pipeline.train.stream.StreamData` with ``params.yaml``'s stream settings;
+  ``stream-cache``: the same keeping up to 1 GB of decoded shards between epochs), ``--steps``
   optimiser steps of ``cid`` (the time of one epoch is extrapolated: loading plus steps x clips
   / batch), and the evaluation's embedding of every clip
   (:func:`pipeline.train.loop.embed_clips`; only up to ``--eval-max`` clips, it runs at a few ms
@@ -101,7 +102,7 @@ def write_direct_shards(faces_dir: Path, voice_dir: Path, n: int, out: Path) -> 
 def measure(kind: str, work: Path, steps: int, loader: str = "memory") -> dict[str, Any]:
     """One measurement in this process: ``faces`` / ``voice`` (the stage's flow over
     ``work/clips.parquet``), ``train`` or ``evaluate`` (over ``work``'s shards, the data read
-    by ``loader``: ``memory`` or ``stream``, :mod:`pipeline.train.stream`)."""
+    by ``loader``: see :func:`loader_settings`)."""
     import torch
 
     from pipeline.params import load_params
@@ -131,7 +132,7 @@ def measure(kind: str, work: Path, steps: int, loader: str = "memory") -> dict[s
         from pipeline.train.stream import open_pairs
 
         torch.set_num_threads(int(os.environ.get("VOXFACE_THREADS", "2")))
-        train_params = params.train.model_copy(update={"loader": loader})
+        train_params = params.train.model_copy(update=loader_settings(loader))
         data = open_pairs(manifest, work / "faces", work / "voice", ("train",), train_params)
         loaded = time.perf_counter() - t0
         cfg = TrainConfig.of(train_params, params.seeds[0])
@@ -188,6 +189,22 @@ def _done(
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {"kind": kind, "clips": n, "wall_s": round(wall, 1), "ms_per_clip": round(
         1000 * wall / n, 2), "peak_rss_mb": round(peak_mb), **extra}  # fmt: skip
+
+
+#: The decoded-unit cache of the ``stream-cache`` loader (``train.stream_cache_mb``), in MB.
+STREAM_CACHE_MB = 1024
+
+
+def loader_settings(loader: str) -> dict[str, Any]:
+    """``train`` params for a loader name: ``memory`` (:func:`pipeline.train.pairs.load_pairs`),
+    ``stream`` (:mod:`pipeline.train.stream`, ``params.yaml``'s stream settings) or
+    ``stream-cache`` (the same, with decoded units kept between epochs up to
+    :data:`STREAM_CACHE_MB`)."""
+    if loader == "stream-cache":
+        return {"loader": "stream", "stream_cache_mb": STREAM_CACHE_MB}
+    if loader not in ("memory", "stream"):
+        raise SystemExit(f"unknown loader {loader!r}: memory, stream or stream-cache")
+    return {"loader": loader}
 
 
 def _child(kind: str, work: Path, steps: int, loader: str = "memory") -> dict[str, Any]:
@@ -277,7 +294,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=30, help="training steps per measurement")
     ap.add_argument("--eval-max", type=int, default=25000, help="largest evaluated corpus")
     ap.add_argument("--parts", nargs="+", default=["faces", "voice", "train", "evaluate"])
-    ap.add_argument("--loaders", nargs="+", default=["memory", "stream"])
+    ap.add_argument(
+        "--loaders", nargs="+", default=["memory", "stream", "stream-cache"],
+        help="memory, stream, stream-cache (stream with decoded shards kept between epochs)",
+    )  # fmt: skip
     ap.add_argument(
         "--throughput-steps", type=int, default=48,
         help="steps of each loader on the default corpus itself (0: skip that comparison)",

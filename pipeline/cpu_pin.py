@@ -9,8 +9,17 @@ and the files' hashes differ. What is pinned here:
 - numpy: the portable x86-64-v2 baseline loops (``NPY_DISABLE_CPU_FEATURES``). Must be set
   before numpy is imported: :func:`pin_env` runs from ``stages/_pinned.py``, the first import
   of the data stages.
-- PyTorch / oneDNN / MKL: the AVX2 kernels on every machine that has AVX2 (``ATEN_CPU_CAPABILITY``,
-  ``ONEDNN_MAX_CPU_ISA``, ``MKL_CBWR``), read when torch first runs a kernel.
+- numpy's BLAS (OpenBLAS): its Haswell kernels on every machine with AVX2 and FMA
+  (``OPENBLAS_CORETYPE``). Left alone, OpenBLAS picks SkylakeX kernels on AVX-512 machines, whose
+  dot product sums in another order: 11 % of 3-vector norms differed in the last bit.
+- PyTorch / oneDNN: the AVX2 kernels on every machine that has AVX2 (``ATEN_CPU_CAPABILITY``,
+  ``ONEDNN_MAX_CPU_ISA``), read when torch first runs a kernel.
+- MKL (torch's FFT and GEMM on x86): the ``COMPATIBLE`` branch of its conditional numerical
+  reproducibility (``MKL_CBWR``). Its ``AVX2`` branch is only reproducible across *Intel* CPUs:
+  on other vendors' CPUs MKL ignores it and runs its automatic branch, so an Intel and an AMD
+  machine wrote different log-mel features and face boxes. ``COMPATIBLE`` is the one branch MKL
+  documents as the same on Intel and compatible processors; it measured no slower here (voice
+  stage 6.6 vs 6.8 s, faces 22.5 vs 23.1 s on the default corpus).
 - FFmpeg (PyAV's and decord's own builds): the plain C code paths, via ``av_force_cpu_flags(0)``
   on their ``libavutil`` (what ``ffmpeg -cpuflags 0`` does), :func:`pin_ffmpeg`.
 
@@ -28,8 +37,10 @@ import platform
 
 #: numpy's dispatch targets above the x86-64-v2 baseline (numpy >= 2.4 names).
 NUMPY_DISABLED = "X86_V3 X86_V4 AVX512_ICL AVX512_SPR"
-#: Environment that pins torch's, oneDNN's and MKL's kernels to AVX2 (falls back below it).
-TORCH_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+#: torch and oneDNN on their AVX2 kernels (falling back below it), MKL on its vendor-neutral branch.
+TORCH_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE"}
+#: OpenBLAS's kernel family for numpy's BLAS calls, on CPUs that can run it (AVX2 and FMA).
+OPENBLAS_ENV = {"OPENBLAS_CORETYPE": "Haswell"}
 
 _pinned_ffmpeg: set[str] = set()
 
@@ -50,6 +61,20 @@ def pin_env() -> None:
         return
     os.environ["NPY_DISABLE_CPU_FEATURES"] = NUMPY_DISABLED
     os.environ.update(TORCH_ENV)
+    if _cpu_flags() >= {"avx2", "fma"}:  # a Haswell kernel on an older CPU would not run
+        os.environ.update(OPENBLAS_ENV)
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (empty where /proc/cpuinfo is not there)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def numpy_pinned() -> bool:

