@@ -1,5 +1,6 @@
-"""Pin the numeric code paths that libraries choose by CPU, so data stages write the same bytes
-on any x86-64 machine (README, "Reproducibility across machines").
+"""Pin the numeric code paths that libraries choose by CPU, so every stage writes the same bytes
+on any x86-64 machine (README, "Reproducibility across machines"): the data stages' media and
+features, and the training stages' weights (with the thread count fixed by ``train.threads``).
 
 numpy, FFmpeg, PyTorch, oneDNN and MKL each pick SIMD kernels at run time from the CPU's
 features (AVX2, FMA3, AVX-512 ...). The kernels agree to the last bit or two, not exactly: a
@@ -20,11 +21,15 @@ and the files' hashes differ. What is pinned here:
   machine wrote different log-mel features and face boxes. ``COMPATIBLE`` is the one branch MKL
   documents as the same on Intel and compatible processors; it measured no slower here (voice
   stage 6.6 vs 6.8 s, faces 22.5 vs 23.1 s on the default corpus).
+- faiss (k-means of the clustering methods): its AVX2 kernels on every machine with AVX2
+  (``FAISS_SIMD_LEVEL``; left alone it picks AVX-512 kernels where it can). Its bundled OpenBLAS
+  reads ``OPENBLAS_CORETYPE`` like numpy's.
 - FFmpeg (PyAV's and decord's own builds): the plain C code paths, via ``av_force_cpu_flags(0)``
   on their ``libavutil`` (what ``ffmpeg -cpuflags 0`` does), :func:`pin_ffmpeg`.
 
+Every stage imports ``stages/_pinned.py`` first, so all of this holds from the first import on.
 ``VOXFACE_NATIVE_SIMD=1`` leaves every library on its own choice (faster, machine-dependent
-bytes). Nothing here imports numpy or torch.
+bytes). Nothing here imports numpy, torch or faiss.
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ import platform
 NUMPY_DISABLED = "X86_V3 X86_V4 AVX512_ICL AVX512_SPR"
 #: torch and oneDNN on their AVX2 kernels (falling back below it), MKL on its vendor-neutral branch.
 TORCH_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE"}
-#: OpenBLAS's kernel family for numpy's BLAS calls, on CPUs that can run it (AVX2 and FMA).
-OPENBLAS_ENV = {"OPENBLAS_CORETYPE": "Haswell"}
+#: OpenBLAS's kernel family for numpy's and faiss's BLAS calls, faiss's own SIMD level: on CPUs
+#: that can run them (AVX2 and FMA).
+OPENBLAS_ENV = {"OPENBLAS_CORETYPE": "Haswell", "FAISS_SIMD_LEVEL": "AVX2"}
 
 _pinned_ffmpeg: set[str] = set()
 
@@ -61,7 +67,7 @@ def pin_env() -> None:
         return
     os.environ["NPY_DISABLE_CPU_FEATURES"] = NUMPY_DISABLED
     os.environ.update(TORCH_ENV)
-    if _cpu_flags() >= {"avx2", "fma"}:  # a Haswell kernel on an older CPU would not run
+    if _cpu_flags() >= {"avx2", "fma"}:  # a Haswell or AVX2 kernel on an older CPU would not run
         os.environ.update(OPENBLAS_ENV)
 
 

@@ -162,6 +162,11 @@ class TrainParams(_Section):
     stream_workers: int = Field(default=0, ge=0)
     stream_buffer_clips: int = Field(default=1024, ge=1)
     stream_cache_mb: float = Field(default=0.0, ge=0)
+    #: torch's (and faiss's) CPU threads per training process, in every stage that trains or
+    #: embeds. A param, not a machine setting: the thread count splits float sums, so another
+    #: count trains other weights; fixed, it gives the same bytes on any x86-64 machine (with the
+    #: kernels :mod:`pipeline.cpu_pin` pins). Raise it on a machine with more cores for speed.
+    threads: int = Field(default=2, ge=1)
 
 
 #: A number of clusters: k-means needs at least two.

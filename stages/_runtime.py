@@ -7,20 +7,21 @@
 - ``VOXFACE_WORKERS``: pool size (default: the machine's CPU count).
 - ``VOXFACE_DASK_ADDRESS``: scheduler of an existing Dask cluster (``tcp://host:8786``); without
   it, ``dask`` starts a local cluster of ``VOXFACE_WORKERS`` single-threaded processes.
-- ``VOXFACE_THREADS``: native threads per worker (BLAS, torch, faiss); default 1 in the
-  preprocessing stages, which run torch on one thread whatever it says (MTCNN's boxes depend on
-  it). In the training-side stages (``train``, ``lowshot``, ``ceiling``, embedding) it is torch's
-  thread count, default every core.
+- ``VOXFACE_THREADS``: native threads per preprocessing worker (BLAS, OpenMP); default 1. The
+  preprocessing stages run torch on one thread whatever it says (MTCNN's boxes depend on it). The
+  stages that train or embed (``train``, ``lowshot``, ``ceiling``, ``evaluate``) ignore it: their
+  thread count is the param ``train.threads``, because it changes their floats.
 - ``VOXFACE_DEVICE``: the training and embedding device (default CUDA when present).
 
 Which of these change results:
 - ``VOXFACE_RUNNER``, ``VOXFACE_WORKERS``, ``VOXFACE_DASK_ADDRESS`` change speed only: the
   preprocessing shards are the same bytes whatever the pool (tests/test_stages.py compares them).
-- ``VOXFACE_THREADS`` changes speed only in the preprocessing stages, but in training it changes
-  how float sums are split across threads, hence the last bits of every step and, over an
-  epoch, the trained weights; ``VOXFACE_DEVICE`` likewise. They are recorded with the results
-  they shaped (``threads`` and ``device`` in ``reports/train/<method>/s<seed>.json``), so a
-  different value shows up in ``dvc metrics diff``. DVC does not rerun a stage when they change.
+- ``VOXFACE_THREADS`` changes speed only (tests/test_reproducible.py trains under two thread
+  settings and two emulated CPUs and compares the weights' bytes).
+- ``VOXFACE_DEVICE`` changes results: a GPU sums in other orders than a CPU. It is recorded with
+  the results it shaped (``device`` and ``threads`` in ``reports/train/<method>/s<seed>.json``),
+  so a different value shows up in ``dvc metrics diff``; DVC does not rerun a stage when it
+  changes.
 
 Speed figures (wall seconds, clips or pairs per second) go to ``logs/timings/`` (untracked):
 a rerun that changes no result changes no tracked file.
@@ -173,17 +174,18 @@ def stage_params(path: str) -> Params:
         raise  # unreachable: fail() exits
 
 
-def setup_torch() -> None:
-    """Deterministic kernels and the thread count (``VOXFACE_THREADS``, default: every core, shared
-    out among the processes of a ``torchrun`` launch on this node) for a training process. The
-    thread count changes the trained floats, so the training stages record it with their
-    results. cuBLAS needs its fixed workspace set before CUDA starts."""
+def setup_torch(threads: int) -> None:
+    """Deterministic kernels and ``threads`` CPU threads (``train.threads``: a param, because the
+    thread count splits float sums and so shapes the trained weights; with it fixed and the
+    kernels pinned by :mod:`pipeline.cpu_pin`, a CPU run gives the same bytes on any x86-64
+    machine). cuBLAS needs its fixed workspace set before CUDA starts."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
-    share = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    torch.set_num_threads(int(os.environ.get("VOXFACE_THREADS", str(share))))
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)  # numpy's BLAS and faiss's OpenMP too (probes, k-means)
 
 
 def device() -> torch.device:

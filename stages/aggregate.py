@@ -13,6 +13,11 @@ charts of ``dvc.yaml``'s top-level ``plots``).
 
 from __future__ import annotations
 
+# isort: off
+import stages._pinned  # noqa: F401  (first: pins numpy's and torch's kernels before they load)
+
+# isort: on
+
 import argparse
 import json
 from pathlib import Path

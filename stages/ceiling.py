@@ -11,6 +11,11 @@ attributes: elsewhere it writes ``{"available": false}`` like the oracle stage.
 
 from __future__ import annotations
 
+# isort: off
+import stages._pinned  # noqa: F401  (first: pins numpy's and torch's kernels before they load)
+
+# isort: on
+
 import argparse
 import json
 import time
@@ -58,7 +63,7 @@ def ceiling_flow(params: Params, args: argparse.Namespace) -> dict[str, Any]:
         return write_unavailable(
             NAME, reason, metrics_dir / f"{NAME}.json", eval_dir / NAME, history=True
         )
-    setup_torch()
+    setup_torch(params.train.threads)
     manifest = Path(args.manifest)
     faces, voice = Path(args.faces), Path(args.voice)
     size = params.train.face_size_px

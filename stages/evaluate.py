@@ -12,6 +12,11 @@ ground truth it writes ``{"available": false}``) and writes ``reports/metrics/or
 
 from __future__ import annotations
 
+# isort: off
+import stages._pinned  # noqa: F401  (first: pins numpy's and torch's kernels before they load)
+
+# isort: on
+
 import argparse
 from pathlib import Path
 from typing import Any
@@ -22,7 +27,7 @@ from pipeline.evaluate.scoring import model_embeddings, oracle_embeddings
 from pipeline.evaluate.trials import read_trials
 from pipeline.params import Params
 from pipeline.train.loop import load_model
-from stages._runtime import device, model_dir, prefect_api, stage_params
+from stages._runtime import device, model_dir, prefect_api, setup_torch, stage_params
 from stages._scoring import (
     add_eval_arguments,
     probe_figures,
@@ -38,6 +43,7 @@ def evaluate_flow(
 ) -> dict[str, Any]:
     """Score the oracle (``seed`` None) or the model of ``name`` trained with ``seed``."""
     oracle = seed is None
+    setup_torch(params.train.threads)  # the embeddings' and probes' floats depend on it
     manifest, trials_path = Path(args.manifest), Path(args.trials)
     trials = read_trials(trials_path)
     keys = sorted(set(trials["probe"]))

@@ -9,6 +9,11 @@ as ``lowshot_<method>`` (``reports/metrics/seeds/lowshot_<method>-s<seed>.json``
 
 from __future__ import annotations
 
+# isort: off
+import stages._pinned  # noqa: F401  (first: pins numpy's and torch's kernels before they load)
+
+# isort: on
+
 import argparse
 import json
 from dataclasses import asdict
@@ -42,7 +47,7 @@ from stages._scoring import add_eval_arguments, probe_figures, score_and_write, 
 def lowshot_flow(
     method: str, seed: int, params: Params, args: argparse.Namespace
 ) -> dict[str, Any]:
-    setup_torch()
+    setup_torch(params.train.threads)
     ls, t = params.lowshot, params.train
     manifest, faces, voice = Path(args.manifest), Path(args.faces), Path(args.voice)
     data = load_pairs(manifest, faces, voice, ("train",), t.face_size_px)

@@ -21,6 +21,11 @@ the process count (``processes``) with the thread count: like it, it changes the
 
 from __future__ import annotations
 
+# isort: off
+import stages._pinned  # noqa: F401  (first: pins numpy's and torch's kernels before they load)
+
+# isort: on
+
 import argparse
 import json
 import os
@@ -63,7 +68,7 @@ def train_flow(
     method_name: str, seed: int, params: Params, manifest: str, faces: str, voice: str, out: str
 ) -> dict[str, Any]:
     t = params.train
-    setup_torch()
+    setup_torch(t.threads)
     data = open_pairs(Path(manifest), Path(faces), Path(voice), ("train",), t)
     dev = distributed.init_from_env() or device()
     rates: list[float] = []

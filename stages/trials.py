@@ -8,6 +8,11 @@ with the generator's summary.
 
 from __future__ import annotations
 
+# isort: off
+import stages._pinned  # noqa: F401  (first: pins numpy's and torch's kernels before they load)
+
+# isort: on
+
 import argparse
 from pathlib import Path
 from typing import Any

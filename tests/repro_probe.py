@@ -1,5 +1,7 @@
 """Child process of ``tests/test_reproducible.py``: render a few clips, or run the ``faces`` and
-``voice`` shard functions on them, and print the MD5 of every file written (JSON).
+``voice`` shard functions on them, and print the MD5 of every file written (JSON); or train each
+method a few epochs on a toy problem, as the training stages set torch up, and print the MD5 of
+each model's weights.
 
 Imports ``stages._pinned`` first, as the stages do, so that it runs under the same pins.
 ``--ffmpeg-flags N`` forces FFmpeg's CPU flags to ``N`` before anything is encoded, which is how
@@ -27,9 +29,38 @@ def _md5s(root: Path) -> dict[str, str]:
     }
 
 
+def _train_md5s(root: Path) -> dict[str, str]:
+    """Each method trained 3 epochs on the toy pairs of ``tests/test_train.py`` (clustering and
+    re-weighting included) with ``train.threads: 2``, whatever the environment's thread
+    settings: the MD5 of its weights."""
+    import torch
+
+    from pipeline.train.loop import TrainConfig, train
+    from pipeline.train.methods.cid import CID
+    from stages._runtime import setup_torch
+    from tests.test_train import CFG, CidSection, _method, toy_pairs
+
+    setup_torch(2)
+    data = toy_pairs(n_ids=12, clips_per_id=4)
+    out = {}
+    for name in ("cid", "wen2021", "cmpc", "bipseudo"):
+        if name == "cid":
+            method, mp = CID(CidSection(tau=0.2)), CidSection(tau=0.2)
+        else:
+            method, mp = _method(name, data)
+        head = getattr(method, "head", "none")
+        cfg = TrainConfig(**{**CFG.__dict__, "head": head, "epochs": 3, "batch_size": 32})
+        enc, _ = train(data, method, mp, cfg, root / name, torch.device("cpu"))
+        h = hashlib.md5()
+        for key, val in enc.state_dict().items():
+            h.update(key.encode() + val.detach().numpy().tobytes())
+        out[name] = h.hexdigest()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["synth", "shards"])
+    ap.add_argument("what", choices=["synth", "shards", "train"])
     ap.add_argument("root", type=Path)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--ffmpeg-flags", type=int)
@@ -38,6 +69,9 @@ def main() -> None:
         from pipeline.cpu_pin import force_ffmpeg_flags
 
         force_ffmpeg_flags("av", args.ffmpeg_flags)
+    if args.what == "train":
+        print(json.dumps(_train_md5s(args.root)))
+        return
     if args.what == "synth":
         from tests.helpers import render_corpus, small_spec
 

@@ -1,13 +1,15 @@
-"""Same bytes on another machine: the data stages' outputs must not depend on the CPU features
-the libraries find (README, "Reproducibility across machines").
+"""Same bytes on another machine: the stages' outputs (media, features, trained weights) must not
+depend on the CPU features the libraries find or the machine's thread settings (README,
+"Reproducibility across machines").
 
 Each test runs ``tests/repro_probe.py`` in two child processes that see different CPUs: numpy
 without its AVX2 loops (``NPY_DISABLE_CPU_FEATURES``) and its BLAS on other kernels
 (``OPENBLAS_CORETYPE``), FFmpeg without any SIMD (``-cpuflags 0``), torch on its portable kernels
 (``ATEN_CPU_CAPABILITY=default``, oneDNN below AVX2), MKL on its automatic branch (what it runs on
-a non-Intel CPU), other thread counts; and asserts that every file written is byte-identical.
-Without the pins of :mod:`pipeline.cpu_pin` (``VOXFACE_NATIVE_SIMD=1``) the MP4s, the face boxes
-and the fbank features all differ.
+a non-Intel CPU), faiss without SIMD, other thread counts; and asserts that every file written
+(or every model's weights) is byte-identical. Without the pins of :mod:`pipeline.cpu_pin`
+(``VOXFACE_NATIVE_SIMD=1``) the MP4s, the face boxes, the fbank features and the weights of all
+four methods differ.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ OTHER_CPU = {
     "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
     "MKL_CBWR": "AUTO",
     "OPENBLAS_CORETYPE": "Sandybridge",
+    "FAISS_SIMD_LEVEL": "NONE",
     "VOXFACE_THREADS": "2",
     "OMP_NUM_THREADS": "2",
 }
@@ -90,6 +93,18 @@ def test_faces_and_voice_shards_identical_under_other_cpu_kernels(
     here = _probe(["shards", str(root), "--out", str(tmp_path / "a")], {})
     other = _probe(["shards", str(root), "--out", str(tmp_path / "b")], OTHER_CPU)
     assert sorted(here) == ["faces.parquet", "voice.parquet"]
+    assert here == other
+
+
+def test_trained_weights_identical_under_other_cpu_kernels_and_thread_settings(
+    tmp_path: Path,
+) -> None:
+    """Training (k-means and identity re-weighting included) with its thread count from the
+    params: one thread in the environment here, two and older kernels there, same weights."""
+    one_thread = {"VOXFACE_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    here = _probe(["train", str(tmp_path / "a")], one_thread)
+    other = _probe(["train", str(tmp_path / "b")], OTHER_CPU)
+    assert sorted(here) == ["bipseudo", "cid", "cmpc", "wen2021"]
     assert here == other
 
 
