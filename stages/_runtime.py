@@ -183,7 +183,9 @@ def setup_torch(threads: int) -> None:
     from threadpoolctl import threadpool_limits
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
+    # torch.use_deterministic_algorithms(True) without its one extra: it imports torch._inductor
+    # (2 s of a stage's start-up, for torch.compile's setting; nothing here compiles).
+    torch._C._set_deterministic_algorithms(True)
     torch.set_num_threads(threads)
     threadpool_limits(threads)  # numpy's BLAS and faiss's OpenMP too (probes, k-means)
 

@@ -86,6 +86,7 @@ def tiny_params(text: str) -> str:
     """The repository's params on the tiny preset, with a schedule scaled to its size."""
     for old, new in (
         ("preset: default", "preset: tiny"),
+        ("  epochs: 10\n", "  epochs: 3\n"),  # low-shot fine-tuning (its section comes first)
         # ~24 training videos: the clustering methods' K scale down with them
         ("clusters: [40, 80, 120]", "clusters: [4, 8, 12]"),
         ("clusters: [40, 80, 120]", "clusters: [4, 8, 12]"),
@@ -99,7 +100,10 @@ def tiny_params(text: str) -> str:
         ("  warmup_steps: 40 ", "  warmup_steps: 2 "),
         ("  every_steps: 6\n", "  every_steps: 1\n"),
         ("  bootstrap: 1000\n", "  bootstrap: 200\n"),
-        ("  epochs: 40\n", "  epochs: 8\n"),  # the media ceiling's
+        # the media ceiling's: 2 cross-fitted networks of 3 epochs (the stage's code path is the
+        # same; its figures on 24 identities mean nothing anyway)
+        ("  epochs: 40\n", "  epochs: 3\n"),
+        ("  folds: 5 ", "  folds: 2 "),
     ):
         assert old in text, old
         text = text.replace(old, new, 1)
@@ -332,24 +336,24 @@ def test_changing_a_method_param_reruns_only_that_method(
 def test_adding_a_seed_trains_only_that_seed(
     tiny_repo: tuple[Path, dict[str, str], float],
 ) -> None:
+    """What ``dvc repro`` would run after a seed is added, asked of DVC itself (``dvc status``:
+    the decision a real run starts from, without training; aggregating over seeds is tested in
+    tests/test_aggregate.py, different seeds giving different weights in
+    tests/test_registry.py)."""
     repo, env, _ = tiny_repo
-    _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)  # settle
+    assert stale(repo, env) == set()
     params = repo / "params.yaml"
     old = f"seeds: {list(SEEDS)}"
     text = params.read_text()
     assert old in text
     params.write_text(text.replace(old, f"seeds: {[*SEEDS, 7]}", 1))
-    out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
-    assert_stages(out, ran=(*seeded((7,)), "aggregate", "report"), skipped=ALL_STAGES[:-2])
-    agg = json.loads((repo / "reports/metrics/aggregate/cmpc.json").read_text())
-    leaf = agg["match_1to2"]["v2f"]["U"]["test_unseen"]
-    assert agg["seeds"] == [*SEEDS, 7] and leaf["n"] == len(SEEDS) + 1
-    assert leaf["ci95_low"] <= leaf["mean"] <= leaf["ci95_high"]  # two seeds: an interval
-    a, b = (json.loads((repo / f"reports/train/cid/s{s}.json").read_text()) for s in (*SEEDS, 7))
-    assert a["final_loss"] != b["final_loss"]  # the seeds train different models
-    params.write_text(text)  # back to the committed seeds: nothing to train again
-    out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
-    assert_stages(out, ran=("aggregate", "report"), skipped=ALL_STAGES[:-2])
+    try:
+        # every stage of seed 7, and aggregate and report (the seeds list is their param);
+        # nothing of seed 1, nothing upstream
+        assert stale(repo, env) == {*seeded((7,)), "aggregate", "report"}
+    finally:
+        params.write_text(text)  # back to the committed seeds: nothing to do
+    assert stale(repo, env) == set()
 
 
 @pytest.mark.e2e

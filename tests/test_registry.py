@@ -111,6 +111,17 @@ def test_the_registry_trains_each_method_as_a_direct_call(name: str, tmp_path: P
         assert 0 < extra["identities_kept"] < 1  # the first phase switched identities off
 
 
+def test_another_seed_trains_other_weights(tmp_path: Path) -> None:
+    """The seed reaches initialisation and batches: what makes seeds a dimension worth having."""
+    torch.set_num_threads(1)
+    params, data = small_params(), toy_pairs()
+    dev = torch.device("cpu")
+    _, (a, hist_a, _) = train_method("cid", params, data, SEED, tmp_path / "a", dev)
+    _, (b, hist_b, _) = train_method("cid", params, data, SEED + 1, tmp_path / "b", dev)
+    assert hist_a != hist_b
+    assert any(not torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
 def test_every_method_of_params_has_an_entry_and_a_section() -> None:
     params = load_params(ROOT / "params.yaml")
     assert {m.name for m in METHODS} >= set(params.methods)

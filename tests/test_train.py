@@ -179,6 +179,32 @@ def test_a_finished_run_is_reused_and_a_foreign_checkpoint_ignored(tmp_path: Pat
     assert len(fresh) == 2 and fresh[0]["loss"] != first[0]["loss"]
 
 
+def test_a_finished_run_under_other_numerics_is_not_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another thread count or other kernel pins train other floats: their checkpoint is not
+    reused (a pin changed in the repository once let every training stage 'rerun' in seconds by
+    reusing weights trained under the old kernels)."""
+    data = toy_pairs()
+    short = TrainConfig(**{**CFG.__dict__, "epochs": 2})
+
+    def run() -> list[int]:
+        seen: list[dict[str, float]] = []
+        cid = CidSection(tau=0.2)
+        train(data, CID(cid), cid, short, tmp_path, torch.device("cpu"), seen.append)
+        return [int(r["epoch"]) for r in seen]
+
+    torch.set_num_threads(1)
+    assert run() == [1, 2] and run() == []  # trained, then reused
+    try:
+        torch.set_num_threads(2)
+        assert run() == [1, 2]  # other thread count: trained again
+    finally:
+        torch.set_num_threads(1)
+    monkeypatch.setenv("MKL_CBWR", "AUTO")  # another kernel branch: trained again
+    assert run() == [1, 2] and run() == []
+
+
 def _method(name: str, data: PairData) -> tuple[torch.nn.Module, object]:
     torch.manual_seed(
         3

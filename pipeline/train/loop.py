@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 import pickle
 import re
 import sys
@@ -78,10 +79,11 @@ class TrainConfig:
         )
 
     def digest(self, method_params: object, data: TrainData, method: nn.Module) -> str:
-        """Identifies a run: this config, the method's params, the training data's content and
-        the source of the code that trains it (loop, encoders, pairs, the method's module)."""
+        """Identifies a run: this config, the method's params, the training data's content, the
+        source of the code that trains it (loop, encoders, pairs, the method's module) and the
+        numerics it runs under (:func:`numerics`)."""
         # The process count: N processes sum BatchNorm statistics and gradients in another order.
-        setup = [asdict(self), repr(method_params), distributed.world_size()]
+        setup = [asdict(self), repr(method_params), distributed.world_size(), numerics()]
         h = hashlib.sha256(json.dumps(setup, sort_keys=True).encode())
         for module in (
             sys.modules[__name__],
@@ -108,6 +110,28 @@ class TrainConfig:
         ):
             h.update(t.numpy().tobytes())
         return h.hexdigest()[:16]
+
+
+#: The environment variables through which :mod:`pipeline.cpu_pin` chooses the CPU kernels.
+KERNEL_VARIABLES = (
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "MKL_CBWR",
+    "OPENBLAS_CORETYPE",
+    "FAISS_SIMD_LEVEL",
+    "NPY_DISABLE_CPU_FEATURES",
+)
+
+
+def numerics() -> dict[str, Any]:
+    """What, besides code, config and data, decides a CPU run's floats: torch's thread count, the
+    kernels torch runs and the pins (a checkpoint made under other ones is not resumed: it would
+    not end with the weights this run would)."""
+    return {
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        **{k: os.environ.get(k) for k in KERNEL_VARIABLES},
+    }
 
 
 @dataclass
