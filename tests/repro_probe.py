@@ -30,27 +30,24 @@ def _md5s(root: Path) -> dict[str, str]:
 
 
 def _train_md5s(root: Path) -> dict[str, str]:
-    """Each method trained 3 epochs on the toy pairs of ``tests/test_train.py`` (clustering and
-    re-weighting included) with ``train.threads: 2``, whatever the environment's thread
-    settings: the MD5 of its weights."""
+    """Each method trained as the ``train`` stage trains it (its registry entry, torch set up
+    with ``train.threads``), on the toy pairs of ``tests/test_train.py`` with the toy-sized params
+    of ``tests/test_registry.py`` (clustering and re-weighting included), whatever the
+    environment's thread settings: the MD5 of its weights."""
     import torch
 
-    from pipeline.train.loop import TrainConfig, train
-    from pipeline.train.methods.cid import CID
+    from pipeline.train.methods.registry import train_method
     from stages._runtime import setup_torch
-    from tests.test_train import CFG, CidSection, _method, toy_pairs
+    from tests.test_registry import small_params
+    from tests.test_train import toy_pairs
 
-    setup_torch(2)
+    params = small_params()
+    params = params.model_copy(update={"train": params.train.model_copy(update={"epochs": 3})})
+    setup_torch(params.train.threads)
     data = toy_pairs(n_ids=12, clips_per_id=4)
     out = {}
     for name in ("cid", "wen2021", "cmpc", "bipseudo"):
-        if name == "cid":
-            method, mp = CID(CidSection(tau=0.2)), CidSection(tau=0.2)
-        else:
-            method, mp = _method(name, data)
-        head = getattr(method, "head", "none")
-        cfg = TrainConfig(**{**CFG.__dict__, "head": head, "epochs": 3, "batch_size": 32})
-        enc, _ = train(data, method, mp, cfg, root / name, torch.device("cpu"))
+        _, (enc, _, _) = train_method(name, params, data, 7, root / name, torch.device("cpu"))
         h = hashlib.md5()
         for key, val in enc.state_dict().items():
             h.update(key.encode() + val.detach().numpy().tobytes())
