@@ -40,7 +40,7 @@ from prefect import task
 from prefect.futures import PrefectFuture
 
 from pipeline.atomic import atomic_path
-from pipeline.lineage import source_digest
+from pipeline.lineage import kernel_settings, source_digest
 from pipeline.preprocess.shards import ClipRef, ShardResult, clip_refs
 from pipeline.schema import (
     FAILURES,
@@ -84,11 +84,11 @@ def shards(clips: list[ClipRef], size: int) -> list[list[ClipRef]]:
 
 
 def recipe(fn: Callable[..., ShardResult], cfg: Any) -> str:
-    """What a shard's content depends on besides its clips: the shard function's settings and the
-    source of every project module it runs."""
-    return hashlib.sha256(f"{fn.__module__}.{fn.__qualname__}|{cfg!r}|".encode()).hexdigest() + (
-        source_digest(fn.__module__)
-    )
+    """What a shard's content depends on besides its clips: the shard function's settings, the
+    source of every project module it runs and the CPU kernels it runs under (a shard written
+    with ``VOXFACE_NATIVE_SIMD=1`` is not reused by a pinned run, nor the other way round)."""
+    head = f"{fn.__module__}.{fn.__qualname__}|{cfg!r}|{kernel_settings()}|"
+    return hashlib.sha256(head.encode()).hexdigest() + source_digest(fn.__module__)
 
 
 def shard_name(stage: str, recipe: str, clips: list[ClipRef]) -> str:

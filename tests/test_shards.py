@@ -22,7 +22,7 @@ from pipeline.params import load_params
 from pipeline.preprocess.shards import ClipRef
 from pipeline.schema import FACE_FRAMES, FAILURES, read_table
 from stages._runtime import prefect_api, task_runner
-from stages._shards import WORK_KEYS, shard_name, shards
+from stages._shards import WORK_KEYS, recipe, shard_name, shards
 from stages.faces import faces_flow
 from stages.voice import voice_flow
 from tests.conftest import REPO
@@ -35,6 +35,23 @@ def _refs(keys: list[str]) -> list[ClipRef]:
 
 def _layout_keys(layout: list[list[ClipRef]]) -> set[tuple[str, ...]]:
     return {tuple(c.clip_key for c in s) for s in layout}
+
+
+def test_the_shard_recipe_follows_the_cpu_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard written under other kernels (pins off, another MKL branch) gets another name, so
+    a pinned run never reuses it."""
+    from pipeline.preprocess.voice_features import voice_shard
+
+    def name() -> str:
+        return shard_name("voice", recipe(voice_shard, {"cfg": 1}), [])
+
+    base = name()
+    assert name() == base
+    monkeypatch.setenv("VOXFACE_NATIVE_SIMD", "1")
+    native = name()
+    monkeypatch.delenv("VOXFACE_NATIVE_SIMD")
+    monkeypatch.setenv("MKL_CBWR", "AUTO")
+    assert len({base, native, name()}) == 3
 
 
 def test_the_layout_is_content_defined() -> None:
