@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -127,7 +128,9 @@ def prefect_api(meanwhile: Callable[[], object] | None = None) -> Iterator[str]:
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    server = SubprocessASGIServer()
+    # A port of its own: SubprocessASGIServer() without one is a process-wide singleton, so a
+    # nested call would otherwise stop its caller's server on the way out.
+    server = SubprocessASGIServer(port=_free_port())
     errors: list[BaseException] = []
 
     def start() -> None:
@@ -154,6 +157,14 @@ def prefect_api(meanwhile: Callable[[], object] | None = None) -> Iterator[str]:
         _drain_prefect_workers()
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that no one listens on now (the system's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _drain_prefect_workers() -> None:

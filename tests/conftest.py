@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +22,19 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 @pytest.fixture(scope="session", autouse=True)
 def _prefect_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+
+
+@pytest.fixture(scope="session")
+def prefect_server(_prefect_home: None) -> Iterator[str]:
+    """One Prefect server for the test session (each xdist worker has its own), as ``python -m
+    stages.run`` gives one to a whole ``dvc repro``: its URL is in ``PREFECT_API_URL``, so flows
+    run here and stage processes started by tests (``stages.run`` included) use it instead of
+    starting a temporary server apiece (5-10 s each, its database migrated afresh the first
+    time). ``prefect_api()`` starting its own server is tested in tests/test_stages.py."""
+    from stages._runtime import prefect_api
+
+    with prefect_api() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,8 @@ from pipeline.synth.people import sample_identities
 from tests.conftest import REPO
 from tests.helpers import CAL
 
+pytestmark = pytest.mark.usefixtures("prefect_server")  # see tests/conftest.py
+
 
 def test_ridge_map_by_hand() -> None:
     # Voice 0, 1, 2 -> z = ±sqrt(3/2), 0; face columns rise / fall with it: z-scored the same.

@@ -18,7 +18,7 @@ import yaml
 from pipeline.train.distributed import SyncBatchNorm, convert_batchnorm
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 
 def _free_port() -> int:

@@ -16,6 +16,8 @@ import pytest
 from pipeline.schema import MANIFEST, read_table
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.usefixtures("prefect_server")  # see tests/conftest.py
+
 COPY = [
     "pipeline",
     "stages",
@@ -61,7 +63,6 @@ def copy_repo(
         params = repo / "params.yaml"
         params.write_text(edit_params(params.read_text()))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("PREFECT_API_URL", None)
     _run(["git", "init", "-q"], repo, env)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo, env)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo, env)

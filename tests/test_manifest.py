@@ -20,6 +20,8 @@ from pipeline.preprocess.manifest import (
     read_split_file,
 )
 
+pytestmark = pytest.mark.usefixtures("prefect_server")  # see tests/conftest.py
+
 SPLIT = ManifestParams(
     train_fraction=0.6, val_fraction=0.2, seen_heard_videos=1, seen_heard_fraction=1.0
 )

@@ -20,6 +20,8 @@ from pipeline.schema import FAILURES, MANIFEST, MANIFEST_SKIPPED, read_table
 from tests.conftest import REALDATA, REPO
 from tests.test_e2e import METHODS, _run, assert_stages, copy_repo
 
+pytestmark = pytest.mark.usefixtures("prefect_server")  # see tests/conftest.py
+
 START, END = "<!-- small-data-overrides -->", "<!-- /small-data-overrides -->"
 
 

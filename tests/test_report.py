@@ -18,6 +18,8 @@ from pipeline.report import document, loading
 from pipeline.report import figures as figs
 from pipeline.schema import FACE_FRAMES, MANIFEST, write_table
 
+pytestmark = pytest.mark.usefixtures("prefect_server")  # see tests/conftest.py
+
 METHODS = ("alpha", "beta")
 SEED = 1  # the first of the repository's params.yaml `seeds` (the stage shows that one)
 # 1:2 V→F U on test_unseen; the oracle's margin over chance is 0.40.

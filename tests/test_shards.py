@@ -28,6 +28,8 @@ from stages.voice import voice_flow
 from tests.conftest import REPO
 from tests.test_stages import _manifest
 
+pytestmark = pytest.mark.usefixtures("prefect_server")  # see tests/conftest.py
+
 
 def _refs(keys: list[str]) -> list[ClipRef]:
     return [ClipRef(k, f"mp4/{k}.mp4", "video", None, 1000) for k in keys]

@@ -18,6 +18,8 @@ from stages.faces import faces_flow
 from stages.voice import voice_flow
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.usefixtures("prefect_server")  # see tests/conftest.py
+
 
 def _manifest(root: Path, clips: pd.DataFrame, out: Path) -> Path:
     keys = clips.path.str.removeprefix("mp4/").str.removesuffix(".mp4")
@@ -138,9 +140,12 @@ def test_work_units_give_every_worker_a_task() -> None:
 
 
 @pytest.mark.slow
-def test_prefect_api_runs_meanwhile_and_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prefect_api_runs_meanwhile_and_serves(
+    prefect_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A temporary server comes up while ``meanwhile`` runs; it serves, and it is gone after.
-    An error in ``meanwhile`` propagates and leaves no server behind."""
+    An error in ``meanwhile`` propagates and leaves no server behind. Another server running in
+    the same process (the test session's) keeps serving throughout."""
     import httpx
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
@@ -158,6 +163,7 @@ def test_prefect_api_runs_meanwhile_and_serves(monkeypatch: pytest.MonkeyPatch) 
     assert "PREFECT_API_URL" not in os.environ
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/health")
+    assert url != prefect_server and httpx.get(f"{prefect_server}/health").status_code == 200
 
 
 @pytest.mark.slow
