@@ -83,6 +83,18 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def kernel_settings() -> dict[str, object]:
+    """The kernel choices this process computes under: the pin switch and the variables
+    :func:`pin_env` sets, and the CPU's own features where the pins are off
+    (``VOXFACE_NATIVE_SIMD=1``: each CPU its own bytes). Part of the name of every preprocessing
+    shard and of every training run's checkpoint digest, so neither is reused across kernels."""
+    names = ("VOXFACE_NATIVE_SIMD", "NPY_DISABLE_CPU_FEATURES", *TORCH_ENV, *OPENBLAS_ENV)
+    settings: dict[str, object] = {k: os.environ.get(k) for k in names}
+    if not enabled():
+        settings["cpu_flags"] = sorted(_cpu_flags())
+    return settings
+
+
 def numpy_pinned() -> bool:
     """Whether this process's numpy runs the baseline loops (False if it loaded before the pin)."""
     if not _x86():

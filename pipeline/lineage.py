@@ -3,17 +3,14 @@
 Imports are read from the source (``import pipeline.x`` / ``from pipeline.x import y``, anywhere
 in a module, followed transitively; parent packages count), so the answer does not depend on what
 a process happened to import. The lineage test checks every DVC stage's ``deps`` against
-:func:`runs`; the preprocessing stages name their shards with :func:`source_digest` and
-:func:`kernel_settings`, so that an edit to the code that writes a shard, or a run under other
-CPU kernels, gives the shard another name (it is redone, not reused).
+:func:`runs`; the preprocessing stages name their shards with :func:`source_digest`, so that an
+edit to the code that writes a shard gives the shard another name (it is redone, not reused).
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
-import json
-import os
 from pathlib import Path
 
 #: The repository root (the folder holding ``pipeline/`` and ``stages/``).
@@ -73,26 +70,3 @@ def source_digest(module: str, root: Path = REPO) -> str:
     for rel in sorted(runs(module, root)):
         h.update(rel.encode() + b"\0" + (root / rel).read_bytes() + b"\0")
     return h.hexdigest()
-
-
-#: The variables through which :mod:`pipeline.cpu_pin` chooses CPU kernels, and its off switch.
-KERNEL_VARIABLES = (
-    "VOXFACE_NATIVE_SIMD",
-    "NPY_DISABLE_CPU_FEATURES",
-    "ATEN_CPU_CAPABILITY",
-    "ONEDNN_MAX_CPU_ISA",
-    "MKL_CBWR",
-    "OPENBLAS_CORETYPE",
-    "FAISS_SIMD_LEVEL",
-)
-
-
-def kernel_settings() -> str:
-    """The kernel choices this process computes under, as JSON: the pinned variables, and the
-    CPU's own features where the pins are off (``VOXFACE_NATIVE_SIMD=1``: each CPU its bytes)."""
-    from pipeline.cpu_pin import _cpu_flags, enabled
-
-    settings: dict[str, object] = {k: os.environ.get(k) for k in KERNEL_VARIABLES}
-    if not enabled():
-        settings["cpu_flags"] = sorted(_cpu_flags())
-    return json.dumps(settings, sort_keys=True)

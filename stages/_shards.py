@@ -40,7 +40,8 @@ from prefect import task
 from prefect.futures import PrefectFuture
 
 from pipeline.atomic import atomic_path
-from pipeline.lineage import kernel_settings, source_digest
+from pipeline.cpu_pin import kernel_settings
+from pipeline.lineage import source_digest
 from pipeline.preprocess.shards import ClipRef, ShardResult, clip_refs
 from pipeline.schema import (
     FAILURES,
@@ -87,7 +88,8 @@ def recipe(fn: Callable[..., ShardResult], cfg: Any) -> str:
     """What a shard's content depends on besides its clips: the shard function's settings, the
     source of every project module it runs and the CPU kernels it runs under (a shard written
     with ``VOXFACE_NATIVE_SIMD=1`` is not reused by a pinned run, nor the other way round)."""
-    head = f"{fn.__module__}.{fn.__qualname__}|{cfg!r}|{kernel_settings()}|"
+    kernels = json.dumps(kernel_settings(), sort_keys=True)
+    head = f"{fn.__module__}.{fn.__qualname__}|{cfg!r}|{kernels}|"
     return hashlib.sha256(head.encode()).hexdigest() + source_digest(fn.__module__)
 
 

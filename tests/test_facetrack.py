@@ -119,6 +119,53 @@ def test_a_clip_gets_the_same_rows_alone_as_in_a_full_shard(
         pd.testing.assert_frame_equal(alone, mine, check_exact=True)
 
 
+def _same_as_facenet(videos: list[Path], fraction: float) -> int:
+    """Frames sampled from ``videos``: FaceDetector's detections equal, to the bit, those of
+    facenet-pytorch's own ``detect_face`` with its unmodified nets; returns the faces found."""
+    import torch
+    from facenet_pytorch import MTCNN
+    from facenet_pytorch.models.utils.detect_face import detect_face
+
+    from pipeline.preprocess.detector import FaceDetector
+
+    cfg = DetectorConfig(40, (0.6, 0.7, 0.7), 0.709, 32, min_face_fraction=fraction)
+    ours = FaceDetector(cfg)
+    plain = MTCNN(thresholds=[0.6, 0.7, 0.7], factor=0.709, keep_all=True, post_process=False)
+    torch.set_num_threads(1)
+    found = 0
+    for video in videos:
+        _, _, frames = read_face_frames("video", str(video), 1.0)
+        with torch.inference_mode():
+            boxes, points = detect_face(
+                torch.from_numpy(frames), cfg.min_face_for(*frames.shape[1:3]), plain.pnet,
+                plain.rnet, plain.onet, plain.thresholds, plain.factor, "cpu",
+            )  # fmt: skip
+        for det, b, lm in zip(ours.detect(frames), boxes, points, strict=True):
+            b = np.asarray(b, dtype=np.float64).reshape(-1, 5)
+            assert np.array_equal(det.boxes, b[:, :4]) and np.array_equal(det.probs, b[:, 4])
+            assert np.array_equal(det.landmarks, np.asarray(lm, dtype=np.float64).reshape(-1, 5, 2))
+            found += len(b)
+    return found
+
+
+def test_the_detector_finds_facenet_pytorchs_faces_to_the_bit(
+    small_corpus: tuple[Path, pd.DataFrame, pd.DataFrame],
+) -> None:
+    """The detector's faster pooling (channels-last) changes no box, probability or landmark."""
+    root, clips, _ = small_corpus
+    videos = [root / p for p in sorted(clips.path)[:6]]
+    assert _same_as_facenet(videos, 0.0) > 0 and _same_as_facenet(videos, 0.4) > 0
+
+
+@pytest.mark.realdata
+def test_the_detector_finds_facenet_pytorchs_faces_to_the_bit_on_real_footage(
+    realdata: Path,
+) -> None:
+    rows = pd.read_csv(realdata / "manifest.csv")
+    videos = [realdata / f for f in rows[rows.has_video].groupby("identity").file.first()]
+    assert _same_as_facenet(videos, 0.4) >= len(videos)
+
+
 def test_min_face_fraction_scales_with_the_frame() -> None:
     cfg = DetectorConfig(40, (0.6, 0.7, 0.7), 0.709, 32, min_face_fraction=0.3)
     assert cfg.min_face_for(224, 224) == 67

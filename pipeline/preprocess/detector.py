@@ -8,8 +8,9 @@ stage starts its Prefect server meanwhile).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -71,6 +72,8 @@ class FaceDetector:
             post_process=False,
             device=device,
         )
+        for net in (self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet):
+            _pool_channels_last(net)
 
     def detect(self, frames: np.ndarray) -> list[Detections]:
         """Detect faces in each frame (all frames must share one size), ``cfg.batch_size`` frames
@@ -99,3 +102,30 @@ class FaceDetector:
                     )
                 )
         return out
+
+
+def _pool_channels_last(net: Any) -> None:
+    """Run each max-pooling layer of ``net`` on channels-last memory: the same maxima to the bit
+    (a maximum does not depend on the order it is taken in), 3-4x faster than torch's NCHW
+    pooling on the CPU for R-Net's and O-Net's batches of candidate crops, where pooling took
+    about a third of MTCNN's time. The output keeps the input's layout, so every later layer
+    runs the kernels it ran before (a convolution's last bits depend on the layout: P-Net's
+    input, a view of the frames, is channels-last already and is left as it is)."""
+    import torch
+    from torch import nn
+
+    def channels_last(pool: nn.MaxPool2d) -> Callable[[torch.Tensor], torch.Tensor]:
+        plain = pool.forward
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if x.is_contiguous(memory_format=torch.channels_last):
+                out: torch.Tensor = plain(x)
+                return out
+            out = plain(x.contiguous(memory_format=torch.channels_last))
+            return out.contiguous()
+
+        return forward
+
+    for layer in net.modules():
+        if isinstance(layer, nn.MaxPool2d):
+            layer.forward = channels_last(layer)  # type: ignore[method-assign,assignment]

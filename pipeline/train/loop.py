@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 import pickle
 import re
 import sys
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from pipeline.atomic import atomic_path
+from pipeline.cpu_pin import kernel_settings
 from pipeline.train import distributed
 from pipeline.train import encoders as encoders_module
 from pipeline.train import methods as methods_package
@@ -112,17 +112,6 @@ class TrainConfig:
         return h.hexdigest()[:16]
 
 
-#: The environment variables through which :mod:`pipeline.cpu_pin` chooses the CPU kernels.
-KERNEL_VARIABLES = (
-    "ATEN_CPU_CAPABILITY",
-    "ONEDNN_MAX_CPU_ISA",
-    "MKL_CBWR",
-    "OPENBLAS_CORETYPE",
-    "FAISS_SIMD_LEVEL",
-    "NPY_DISABLE_CPU_FEATURES",
-)
-
-
 def numerics() -> dict[str, Any]:
     """What, besides code, config and data, decides a CPU run's floats: torch's thread count, the
     kernels torch runs and the pins (a checkpoint made under other ones is not resumed: it would
@@ -130,7 +119,7 @@ def numerics() -> dict[str, Any]:
     return {
         "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        **{k: os.environ.get(k) for k in KERNEL_VARIABLES},
+        **kernel_settings(),
     }
 
 
