@@ -30,7 +30,7 @@ demo: install  ## run the whole pipeline (dvc repro) on the default synthetic co
 	python -m pipeline.evaluate.headline
 
 test: install  ## the whole test suite, end-to-end test included, one test file per core at a time
-	python -m pytest -n auto --dist loadfile
+	python -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 test-fast: install  ## unit tests only
 	python -m pytest -m "not slow and not e2e"

@@ -19,10 +19,11 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
-#: The longest test files, longest first (their measured times are in the README). ``make test``
-#: hands whole files to its workers in collection order (``--dist loadfile``), so these start at
-#: once and the short files fill in around them: longest-first scheduling, which keeps one worker
-#: from finishing the end-to-end file alone long after the other has run out of work.
+#: The longest test files, longest first. ``make test`` hands whole files to its workers in
+#: collection order (``--dist loadfile --no-loadscope-reorder``; xdist's default order is by
+#: test count), so these start at once and the short files fill in around them: longest-first
+#: scheduling, which keeps one worker from running the end-to-end file alone long after the
+#: other has run out of work.
 LONGEST_FIRST = (
     "test_e2e.py",
     "test_realdata.py",

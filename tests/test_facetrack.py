@@ -166,6 +166,34 @@ def test_the_detector_finds_facenet_pytorchs_faces_to_the_bit_on_real_footage(
     assert _same_as_facenet(videos, 0.4) >= len(videos)
 
 
+def test_a_clip_gets_the_same_rows_whatever_threads_the_calling_thread_runs(
+    small_corpus: tuple[Path, pd.DataFrame, pd.DataFrame], tmp_path: Path
+) -> None:
+    """Torch's thread count belongs to each thread (OpenMP's setting): a task runner's thread
+    can come with another count than the one that loaded MTCNN. A shard runs MTCNN on one
+    thread whatever the calling thread had, so its rows are the same bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    root, clips, _ = small_corpus
+    refs = _refs(root, clips)
+
+    def shard_in_a_thread_with(threads: int) -> pd.DataFrame:
+        def run() -> pd.DataFrame:
+            torch.set_num_threads(threads)
+            out = tmp_path / f"t{threads}.parquet"
+            face_shard(refs, root, CFG, out, timeout_s=30)
+            return read_table(out, FACE_FRAMES)
+
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(run).result()
+
+    one = shard_in_a_thread_with(1)
+    assert len(one) > 0
+    pd.testing.assert_frame_equal(shard_in_a_thread_with(4), one, check_exact=True)
+
+
 def test_min_face_fraction_scales_with_the_frame() -> None:
     cfg = DetectorConfig(40, (0.6, 0.7, 0.7), 0.709, 32, min_face_fraction=0.3)
     assert cfg.min_face_for(224, 224) == 67

@@ -125,14 +125,8 @@ _detectors: dict[DetectorConfig, FaceDetector] = {}
 
 
 def detector(cfg: DetectorConfig) -> FaceDetector:
-    """One MTCNN per worker process and configuration (loading takes ~0.1 s).
-
-    Torch runs one thread whatever ``VOXFACE_THREADS`` says: MTCNN's boxes depend on its thread
-    count in the last bits (3e-5 px on some frames); parallelism comes from the workers."""
+    """One MTCNN per worker process and configuration (loading takes ~0.1 s)."""
     if cfg not in _detectors:
-        import torch
-
-        torch.set_num_threads(1)
         _detectors[cfg] = FaceDetector(cfg)
     return _detectors[cfg]
 
@@ -146,7 +140,15 @@ def face_shard(
     decoded videos. Frames without a confident face are dropped and counted; a clip without any
     becomes a failure row. Each clip is detected on its own, so its rows are the same whatever
     clips share its shard.
+
+    Torch runs one thread here whatever ``VOXFACE_THREADS`` says: MTCNN's boxes depend on its
+    thread count in the last bits (3e-5 px on some frames), parallelism comes from the workers.
+    Set on every call, in the calling thread: the count is each thread's own (OpenMP's), and a
+    task runner's thread may come with another one than the thread that loaded MTCNN.
     """
+    import torch
+
+    torch.set_num_threads(1)
     res = ShardResult()
     items: list[tuple[ClipRef, Path, tuple[Any, ...]]] = []
     for clip in clips:
