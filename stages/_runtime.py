@@ -130,7 +130,7 @@ def prefect_api(meanwhile: Callable[[], object] | None = None) -> Iterator[str]:
 
     # A port of its own: SubprocessASGIServer() without one is a process-wide singleton, so a
     # nested call would otherwise stop its caller's server on the way out.
-    server = SubprocessASGIServer(port=_free_port())
+    server = SubprocessASGIServer(port=free_port())
     errors: list[BaseException] = []
 
     def start() -> None:
@@ -159,8 +159,9 @@ def prefect_api(meanwhile: Callable[[], object] | None = None) -> Iterator[str]:
         server.stop()
 
 
-def _free_port() -> int:
-    """A TCP port on 127.0.0.1 that no one listens on now (the system's pick)."""
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that no one listens on now (the system's pick): for a temporary
+    Prefect server, or a DDP rendezvous (tests)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,22 +15,16 @@ import torch
 import yaml
 
 from pipeline.train.distributed import SyncBatchNorm, convert_batchnorm
+from stages._runtime import free_port
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def probe(name: str, out: Path, epochs: int, procs: int, dtype: str = "float32") -> dict[str, Any]:
     launch = [sys.executable]
     if procs > 1:
-        port = str(_free_port())
+        port = str(free_port())
         launch += ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node",
                    str(procs), "--master-addr", "127.0.0.1", "--master-port", port]  # fmt: skip
     run = subprocess.run(
