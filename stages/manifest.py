@@ -12,6 +12,10 @@ and the fix; a warning goes to the report (``warnings``) and the console.
 
 from __future__ import annotations
 
+# isort: off
+import stages._pinned  # noqa: F401  (first: pins numpy's and torch's kernels before they load)
+
+# isort: on
 import argparse
 from pathlib import Path
 from typing import Any

@@ -12,6 +12,10 @@ path.
 
 from __future__ import annotations
 
+# isort: off
+import stages._pinned  # noqa: F401  (first: pins numpy's and torch's kernels before they load)
+
+# isort: on
 import argparse
 from dataclasses import dataclass
 from pathlib import Path

@@ -3,7 +3,9 @@
 Without a server, every stage process pays Prefect's start-up (a temporary server, 5-15 s).
 ``python -m stages.run dvc repro`` starts one server, exports ``PREFECT_API_URL`` to the command
 and stops the server afterwards. With ``PREFECT_API_URL`` already set (your own ``prefect server
-start``, e.g. to watch the runs in its UI), that server is used and nothing is started.
+start``, e.g. to watch the runs in its UI), that server is used and nothing is started. It also
+starts a warm-start zygote, which spares each stage the import of torch and Prefect
+(:mod:`stages._zygote`; ``VOXFACE_WARM_START=0`` switches it off).
 
 The command's output is passed through line by line; each ``Running stage '<name>'`` line that
 DVC prints starts that stage's clock, and at the end a table of the stages' wall times (from that
@@ -21,6 +23,7 @@ import time
 from collections.abc import Iterable
 
 from stages._runtime import TIMINGS, prefect_api
+from stages._zygote import zygote
 
 _STAGE = re.compile(r"^Running stage '([^']+)'")
 
@@ -51,9 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     with prefect_api() as url:
         # Unbuffered, so that each line arrives (and is timed) when it is printed.
         env = {**os.environ, "PREFECT_API_URL": url, "PYTHONUNBUFFERED": "1"}
-        with subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        ) as proc:
+        with (
+            zygote(env) as env,
+            subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            ) as proc,
+        ):
             assert proc.stdout is not None
             for line in proc.stdout:
                 sys.stdout.write(line)
