@@ -47,7 +47,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-#: ``<zygote pid>:<socket path>``, in the environment of the commands a zygote serves.
+#: ``<stages.run pid>:<folder>``, in the environment of the commands a zygote is to serve: the
+#: zygote's pid file and socket are in the folder, and it ends with that process.
 ENV = "VOXFACE_ZYGOTE"
 #: ``0`` switches the warm start off.
 SWITCH = "VOXFACE_WARM_START"
@@ -150,13 +151,12 @@ def _module_of_command() -> str | None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (not yet reaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return True  # PermissionError too: it exists, someone else's
 
 
 def _parse(spec: str) -> tuple[int, Path] | None:
@@ -402,9 +402,8 @@ def _become_child(sel: selectors.BaseSelector, req: dict[str, Any], fds: list[in
         else:
             os.close(key.fd)
     sel.close()
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # what a fresh interpreter has
+    for sig in FORWARDED:  # a fresh interpreter's handlers
+        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
     os.setpgid(0, 0)  # a group of its own: the command's signals and death reach all of it
     # The command's stdin, stdout and stderr, as fds 0, 1, 2 (a closed one stays closed).
     for i in (0, 1, 2):

@@ -3,9 +3,9 @@
 Without a server, every stage process pays Prefect's start-up (a temporary server, 5-15 s).
 ``python -m stages.run dvc repro`` starts one server, exports ``PREFECT_API_URL`` to the command
 and stops the server afterwards. With ``PREFECT_API_URL`` already set (your own ``prefect server
-start``, e.g. to watch the runs in its UI), that server is used and nothing is started. It also
-starts a warm-start zygote, which spares each stage the import of torch and Prefect
-(:mod:`stages._zygote`; ``VOXFACE_WARM_START=0`` switches it off).
+start``, e.g. to watch the runs in its UI), that server is used and nothing is started. Its first
+stage command starts a warm-start zygote, which spares the later ones the import of torch and
+Prefect (:mod:`stages._zygote`; ``VOXFACE_WARM_START=0`` switches it off).
 
 The command's output is passed through line by line; each ``Running stage '<name>'`` line that
 DVC prints starts that stage's clock, and at the end a table of the stages' wall times (from that

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from stages._zygote import ENV, available, zygote
+from stages._zygote import ENV, _alive, available, zygote
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.skipif(not available(), reason="warm start needs Linux")
@@ -142,9 +142,7 @@ def _gone(pid: int, timeout: float = 20.0) -> bool:
     """Whether process ``pid`` has exited (and been reaped) within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(pid):
             return True
         time.sleep(0.05)
     return False
