@@ -25,7 +25,9 @@ import pytest
 from stages._zygote import ENV, _alive, available, zygote
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.skipif(not available(), reason="warm start needs Linux")
+pytestmark = pytest.mark.skipif(
+    not available(), reason="warm start off (VOXFACE_WARM_START=0) or not on Linux"
+)
 
 PROBE = """
 import stages._pinned  # noqa: F401  (first, as every stage)
