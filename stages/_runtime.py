@@ -29,6 +29,7 @@ a rerun that changes no result changes no tracked file.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -107,6 +108,38 @@ def fail(message: str) -> NoReturn:
     """Exit the stage with a one-line error (no traceback for expected input problems)."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def run_main(main: Callable[[], object]) -> NoReturn:
+    """Run a stage's ``main`` and end the process as ``python -m`` would, less the teardown.
+
+    Tearing down an interpreter that has imported torch, Prefect, pandas and pyarrow frees every
+    module and object one by one: 1.2-1.5 s per stage process on a 2-core machine (measured: a
+    fork of such a process exits in 1.62 s with ``sys.exit``, 0.10 s this way), paid by each of a
+    run's stages. By the time ``main`` returns the stage has written and closed its files, so
+    this does what of the teardown matters (waits for non-daemon threads, runs the ``atexit``
+    handlers: logging, multiprocessing, Prefect's and Dask's clean-ups, flushes stdout and
+    stderr) and leaves with ``os._exit``. An exception other than ``SystemExit`` with an int
+    status takes Python's usual path (traceback or message, status 1).
+    """
+    try:
+        main()
+        code = 0
+    except SystemExit as stop:
+        if not (stop.code is None or isinstance(stop.code, int)):
+            raise
+        code = stop.code or 0
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            code = code or 120  # as Python does when it cannot flush them
+    os._exit(code)
 
 
 @contextlib.contextmanager

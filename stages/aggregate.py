@@ -35,7 +35,7 @@ from pipeline.evaluate.aggregate import (
     verdicts,
 )
 from pipeline.params import Params
-from stages._runtime import fail, prefect_api, stage_params, write_json
+from stages._runtime import fail, prefect_api, run_main, stage_params, write_json
 
 
 @flow(name="aggregate")
@@ -121,4 +121,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

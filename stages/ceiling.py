@@ -33,7 +33,7 @@ from pipeline.params import Params
 from pipeline.schema import MANIFEST, read_table
 from pipeline.train.loop import TrainConfig
 from pipeline.train.pairs import load_pairs
-from stages._runtime import device, prefect_api, setup_torch, stage_params, write_json
+from stages._runtime import device, prefect_api, run_main, setup_torch, stage_params, write_json
 from stages._scoring import score_and_write, write_unavailable
 
 NAME = "ceiling"
@@ -150,4 +150,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -27,7 +27,7 @@ from pipeline.evaluate.scoring import model_embeddings, oracle_embeddings
 from pipeline.evaluate.trials import read_trials
 from pipeline.params import Params
 from pipeline.train.loop import load_model
-from stages._runtime import device, model_dir, prefect_api, setup_torch, stage_params
+from stages._runtime import device, model_dir, prefect_api, run_main, setup_torch, stage_params
 from stages._scoring import (
     add_eval_arguments,
     probe_figures,
@@ -108,4 +108,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -20,6 +20,7 @@ from pipeline.params import FaceStageParams
 from pipeline.preprocess.detector import DetectorConfig
 from pipeline.preprocess.face_tracks import FaceConfig, detector, face_shard
 from pipeline.schema import FACE_FRAMES
+from stages._runtime import run_main
 from stages._shards import failure_summary, fan_out, run_stage
 
 
@@ -102,4 +103,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -35,6 +35,7 @@ from stages._runtime import (
     device,
     model_dir,
     prefect_api,
+    run_main,
     setup_torch,
     stage_params,
     write_json,
@@ -133,4 +134,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

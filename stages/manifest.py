@@ -26,7 +26,7 @@ from pipeline.params import Params
 from pipeline.preprocess.manifest import ManifestError, build_manifest
 from pipeline.preprocess.preflight import check
 from pipeline.schema import MANIFEST, MANIFEST_SKIPPED, write_table
-from stages._runtime import fail, prefect_api, stage_params, write_json
+from stages._runtime import fail, prefect_api, run_main, stage_params, write_json
 
 
 @flow(name="manifest")
@@ -73,4 +73,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

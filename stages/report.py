@@ -31,7 +31,7 @@ from pipeline.report.loading import (
     ranked_clip_keys,
     ranking_text,
 )
-from stages._runtime import fail, prefect_api, stage_params
+from stages._runtime import fail, prefect_api, run_main, stage_params
 
 
 @dataclass(frozen=True)
@@ -140,4 +140,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

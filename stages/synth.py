@@ -28,6 +28,7 @@ from pipeline.synth.people import Calibration
 from stages._runtime import (
     limit_native_threads,
     prefect_api,
+    run_main,
     stage_params,
     task_runner,
     workers,
@@ -144,4 +145,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -56,6 +56,7 @@ from stages._runtime import (
     fail,
     model_dir,
     prefect_api,
+    run_main,
     setup_torch,
     stage_params,
     write_json,
@@ -165,4 +166,4 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger
 from pipeline.evaluate.scoring import EVAL_SPLITS, evaluable_clips
 from pipeline.evaluate.trials import TrialSpec, generate_trials, write_trials
 from pipeline.params import TrialsSection
-from stages._runtime import fail, prefect_api, stage_params, write_json
+from stages._runtime import fail, prefect_api, run_main, stage_params, write_json
 
 
 @flow(name="trials")
@@ -100,4 +100,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

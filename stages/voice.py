@@ -21,6 +21,7 @@ from pipeline.params import VoiceStageParams
 from pipeline.preprocess.vad import VadConfig
 from pipeline.preprocess.voice_features import FeatureConfig, VoiceConfig, voice_shard
 from pipeline.schema import VOICE_FEATURES
+from stages._runtime import run_main
 from stages._shards import failure_summary, fan_out, run_stage
 
 
@@ -89,4 +90,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -258,3 +258,50 @@ def test_a_real_dask_cluster_survives_a_killed_worker(
     keys = clips.path.str.removeprefix("mp4/").str.removesuffix(".mp4")
     assert set(got.clip_key) == set(keys)
     assert not got.duplicated(["clip_key", "frame_index"]).any()
+
+
+RUN_MAIN_PROBE = """
+import atexit, sys, threading, time
+from pathlib import Path
+from stages._runtime import run_main
+
+def main():
+    out = Path(sys.argv[1])
+    def late():
+        time.sleep(0.3)
+        out.write_text("thread done")
+    threading.Thread(target=late).start()  # not a daemon: the exit waits for it
+    atexit.register(lambda: print("atexit ran"))
+    sys.stdout.write("buffered, no newline")  # flushed on the way out
+    {end}
+
+run_main(main)
+"""
+
+
+@pytest.mark.parametrize(
+    ("end", "status", "stderr"),
+    [
+        ("", 0, ""),
+        ("raise SystemExit(3)", 3, ""),
+        ("raise SystemExit('error: bad clip list')", 1, "error: bad clip list"),
+        ("raise ValueError('broken')", 1, "ValueError: broken"),
+    ],
+)
+def test_run_main_exits_as_python_does(end: str, status: int, stderr: str, tmp_path: Path) -> None:
+    """``run_main`` skips the interpreter's teardown, not what a stage's exit owes: the exit
+    status, threads joined, atexit handlers run, streams flushed, errors printed."""
+    import subprocess
+
+    script = tmp_path / "probe.py"
+    script.write_text(RUN_MAIN_PROBE.replace("{end}", end))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "thread.txt")],
+        env=env, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == status, res.stderr
+    assert (tmp_path / "thread.txt").read_text() == "thread done"
+    assert res.stdout.startswith("buffered, no newline")
+    assert stderr in res.stderr
+    assert res.stdout.endswith("atexit ran\n")
