@@ -25,7 +25,7 @@ environment (after pinning) agree with its own on every variable that the preloa
 read when they load (:data:`LOAD_TIME_ENV`: thread counts, kernel choices, paths, Prefect's
 settings); anything else is declined (a line on stderr says why) and runs as a fresh process, as
 does every command when the zygote is not there or not ready in time. ``VOXFACE_WARM_START=0``
-switches it off (tests/test_e2e.py retrains and scores a method that way: the same bytes); it
+switches it off (tests/test_e2e_reruns.py retrains and scores a method that way: the same bytes); it
 needs Linux (``pidfd_open``, descriptor passing).
 """
 

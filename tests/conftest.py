@@ -30,6 +30,7 @@ LONGEST_FIRST = (
     "test_e2e.py",
     "test_realdata.py",
     "test_distributed.py",
+    "test_e2e_reruns.py",  # waits for test_e2e.py's tiny build (``tiny_build``) if it is not done
     "test_stages.py",
     "test_reproducible.py",
     "test_shards.py",
@@ -59,6 +60,38 @@ def prefect_server(_prefect_home: None) -> Iterator[str]:
 
     with prefect_api() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def tiny_build(
+    prefect_server: str, tmp_path_factory: pytest.TempPathFactory, worker_id: str
+) -> tuple[Path, float]:
+    """The tiny preset's first ``dvc repro`` (:func:`tests.test_e2e.build_tiny`), built once for
+    the whole test session: pytest-xdist's workers share it through a file lock in their common
+    temporary folder, the first to ask builds it and a later one waits for it (a failed build is
+    not tried again: its error is every asker's). Returns the repository and the build's wall
+    seconds; tests work on copies of it (:func:`tests.test_e2e.tiny_copy`)."""
+    from filelock import FileLock
+
+    from tests.test_e2e import build_tiny
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent  # the workers' common folder
+    folder, repo = shared / "tiny-build", shared / "tiny-build" / "repo"
+    done, failed = folder / "wall.txt", folder / "failed.txt"
+    with FileLock(str(shared / "tiny-build.lock")):
+        if failed.is_file():
+            pytest.fail(f"the tiny build failed on another worker:\n{failed.read_text()}")
+        if not done.is_file():
+            folder.mkdir(exist_ok=True)
+            try:
+                wall = build_tiny(repo)
+            except BaseException as e:
+                failed.write_text(f"{type(e).__name__}: {e}")
+                raise
+            done.write_text(f"{wall}\n")
+            print(f"tiny dvc repro: {wall:.1f} s")
+    return repo, float(done.read_text())
 
 
 @pytest.fixture(scope="session")

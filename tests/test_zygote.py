@@ -5,7 +5,7 @@ exit status, signals, process group; commands it cannot serve faithfully run fre
 The stage here is a probe module written into a copy of the project's ``stages`` package; the
 zygote is the real one (it imports torch and Prefect), started once for the module. That the
 pipeline's outputs are the same bytes with and without it is checked end to end
-(tests/test_e2e.py retrains a method without it).
+(tests/test_e2e_reruns.py retrains a method without it).
 """
 
 from __future__ import annotations
