@@ -9,16 +9,18 @@ numeric kernels as every stage does first (:mod:`stages._pinned`), imports those
 (:data:`PRELOAD`), and waits on a Unix socket.
 
 ``stages.run`` only names a folder for it (``VOXFACE_ZYGOTE``); the first stage command starts
-the zygote there and runs as a fresh process meanwhile, so a ``dvc repro`` with nothing to do
-starts none. Every later stage command hands itself off from ``stages/__init__.py``, before
-anything heavy is imported (:func:`hand_off`): it sends its arguments, working directory,
+the zygote there and waits for it (the zygote's imports are the ones that command would have
+done; running it fresh meanwhile doubled that CPU on a loaded machine), so a ``dvc repro`` with
+nothing to do starts none. Every stage command hands itself off from ``stages/__init__.py``,
+before anything heavy is imported (:func:`hand_off`): it sends its arguments, working directory,
 environment and standard streams. The zygote forks; the child leads a process group of its own,
 takes the command's streams, directory and environment, forgets every project module the zygote
 had imported (the stage imports the project's code itself, from the command's working
-directory), and runs the stage module as ``python -m`` would, then exits the normal way (atexit
-handlers, thread joins). The command waits and exits with the child's status (or dies of the
-signal that killed it); the signals it receives go on to the child's group, and a command killed
-outright takes that group with it. The zygote ends with ``stages.run``.
+directory), and runs the stage module as ``python -m`` would, then exits as the stage's own
+process would (``stages._runtime.run_main``). The command waits and exits with the child's
+status (or dies of the signal that killed it); the signals it receives go on to the child's
+group, and a command killed outright takes that group with it. The zygote ends with
+``stages.run``.
 
 Results cannot tell the difference: the zygote serves only commands whose interpreter, flags and
 environment (after pinning) agree with its own on every variable that the preloaded libraries
@@ -53,7 +55,8 @@ ENV = "VOXFACE_ZYGOTE"
 #: ``0`` switches the warm start off.
 SWITCH = "VOXFACE_WARM_START"
 #: What the zygote imports (measured on this project's 2-core machine: torch 1.5 s,
-#: torch._dynamo 1.5 s, Prefect 0.9 s + its flow engine 0.4 s, prefect_dask 0.6 s, pandas 0.4 s).
+#: torch._dynamo 1.5 s, Prefect 0.9 s + its flow engine 0.4 s, prefect_dask 0.6 s, pandas 0.4 s;
+#: matplotlib's figure and Agg canvas, which only the report stage draws with, 0.7 s).
 PRELOAD = (
     "numpy",
     "pandas",
@@ -66,6 +69,8 @@ PRELOAD = (
     "prefect",
     "prefect.flow_engine",
     "prefect_dask",
+    "matplotlib.figure",
+    "matplotlib.backends.backend_agg",
 )
 #: Environment variables (name prefixes) that the preloaded libraries read when they load: a
 #: command that differs from the zygote in any of them runs as a fresh process.
@@ -91,6 +96,9 @@ LOAD_TIME_ENV = (
     "DASK_",
     "VOXFACE_NATIVE_SIMD",
     "TZ",
+    "MPL",  # matplotlib: its config and font-cache folders, its backend
+    "XDG_",
+    "HOME",
 )
 #: Project packages: the child imports these afresh from the command's working directory.
 PROJECT = ("pipeline", "stages")
@@ -175,14 +183,14 @@ def _zygote_pid(folder: Path) -> int | None:
     return int(text) if text.strip().isdigit() else 0
 
 
-def _start(folder: Path, owner: int) -> bool:
-    """Start the zygote of ``folder`` unless another command did: True if this one did. It runs
+def _start(folder: Path, owner: int) -> None:
+    """Start the zygote of ``folder`` unless another command did. It runs
     in a session of its own (a signal to this command's group is not for it), with its output
     in ``folder/zygote.log``, and exits with ``owner``."""
     try:
         fd = os.open(folder / "pid", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
-        return False
+        return
     with (folder / "zygote.log").open("ab") as log, os.fdopen(fd, "w") as pid_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "stages._zygote", str(folder), str(owner)],
@@ -192,12 +200,12 @@ def _start(folder: Path, owner: int) -> bool:
             start_new_session=True,
         )
         pid_file.write(str(proc.pid))
-    return True
 
 
 def _connect(spec: str) -> socket.socket | None:
-    """A connection to the zygote of ``spec``, waiting while it imports. None (run as a fresh
-    process) when this command has just started it, or when it is gone or not ready in time."""
+    """A connection to the zygote of ``spec`` (started by this command if it is the first),
+    waiting while it imports. None (run as a fresh process) when it is gone or not ready in
+    time."""
     parsed = _parse(spec)
     if parsed is None or not _alive(parsed[0]):
         return None
@@ -212,8 +220,7 @@ def _connect(spec: str) -> socket.socket | None:
             sock.close()
         pid = _zygote_pid(folder)
         if pid is None:
-            if _start(folder, owner):
-                return None  # the first stage runs while the zygote imports
+            _start(folder, owner)  # unless another command just did
             continue
         if (pid and not _alive(pid)) or time.monotonic() > deadline:
             return None
@@ -474,9 +481,9 @@ def run_child(req: dict[str, Any], changed: dict[str, str | None]) -> None:
 @contextlib.contextmanager
 def zygote(env: dict[str, str]) -> Iterator[dict[str, str]]:
     """Yield ``env`` with ``VOXFACE_ZYGOTE`` set, for the commands this process runs: the first
-    stage command among them starts the zygote (and runs as a fresh process meanwhile), the
-    others are its children. The zygote ends with this process, or on leaving. ``env`` is
-    unchanged where a warm start is not available."""
+    stage command among them starts the zygote and waits for it; that one and the others run
+    as its children. The zygote ends with this process, or on leaving. ``env`` is unchanged
+    where a warm start is not available."""
     if not available():
         yield env
         return
