@@ -14,9 +14,10 @@ done; running it fresh meanwhile doubled that CPU on a loaded machine), so a ``d
 nothing to do starts none. Every stage command hands itself off from ``stages/__init__.py``,
 before anything heavy is imported (:func:`hand_off`): it sends its arguments, working directory,
 environment and standard streams. The zygote forks; the child leads a process group of its own,
-takes the command's streams, directory and environment, forgets every project module the zygote
-had imported (the stage imports the project's code itself, from the command's working
-directory), and runs the stage module as ``python -m`` would, then exits as the stage's own
+takes the command's streams, directory and environment, keeps the project's library code the
+zygote imported only if the command runs in the same directory and no source file there changed
+since (else the stage imports the project's code itself, from the command's working directory),
+and runs the stage module as ``python -m`` would, then exits as the stage's own
 process would (``stages._runtime.run_main``). The command waits and exits with the child's
 status (or dies of the signal that killed it); the signals it receives go on to the child's
 group, and a command killed outright takes that group with it. The zygote ends with
@@ -304,11 +305,41 @@ def _decline_reason(req: dict[str, Any], own_env: dict[str, str]) -> str | None:
     return None
 
 
-def preload() -> tuple[dict[str, str], dict[str, str | None]]:
-    """Pin the kernels as every stage does first, then import :data:`PRELOAD`; refuse to serve
-    if that started a thread (forking a process with threads is not safe). Returns the pinned
-    environment the libraries loaded in, and what importing them changed in it (torch sets a
-    cache folder, for one; None: removed), which a fresh process would have too."""
+def _sources(root: Path) -> dict[str, tuple[int, int]]:
+    """``(mtime_ns, size)`` of every Python file of the project's packages under ``root``."""
+    out = {}
+    for pkg in PROJECT:
+        for path in sorted((root / pkg).rglob("*.py")):
+            st = path.stat()
+            out[str(path)] = (st.st_mtime_ns, st.st_size)
+    return out
+
+
+def _library_modules(root: Path) -> list[str]:
+    """The project's library code under ``root``: every ``pipeline`` module and the stages'
+    shared helpers (``stages._*``), not the stage modules themselves (a child runs its stage as
+    ``__main__``) nor this one."""
+    import pkgutil
+
+    names = ["pipeline"]
+    names += [m.name for m in pkgutil.walk_packages([str(root / "pipeline")], "pipeline.")]
+    names += [
+        f"stages.{m.name}"
+        for m in pkgutil.iter_modules([str(root / "stages")])
+        if m.name.startswith("_") and m.name != "_zygote"
+    ]
+    return names
+
+
+def preload(
+    root: Path,
+) -> tuple[dict[str, str], dict[str, str | None], dict[str, tuple[int, int]] | None]:
+    """Pin the kernels as every stage does first, then import :data:`PRELOAD` and the project's
+    library code from ``root`` (:func:`_library_modules`); refuse to serve if that started a
+    thread (forking a process with threads is not safe). Returns the pinned environment the
+    libraries loaded in, what importing them changed in it (torch sets a cache folder, for one;
+    None: removed), which a fresh process would have too, and the stamps of the project's
+    sources as imported (None when one changed meanwhile: then no child keeps that code)."""
     import importlib
 
     import stages._pinned  # noqa: F401
@@ -316,12 +347,30 @@ def preload() -> tuple[dict[str, str], dict[str, str | None]]:
     before = dict(os.environ)
     for name in PRELOAD:
         importlib.import_module(name)
+    stamps: dict[str, tuple[int, int]] | None = _sources(root)
+    for name in _library_modules(root):
+        importlib.import_module(name)
+    if _sources(root) != stamps or not _all_from(root):
+        stamps = None
     if threading.active_count() != 1:
         raise RuntimeError(f"importing {PRELOAD} started threads: {threading.enumerate()}")
     after = dict(os.environ)
     changed: dict[str, str | None] = {k: v for k, v in after.items() if before.get(k) != v}
     changed |= {k: None for k in before.keys() - after.keys()}
-    return before, changed
+    return before, changed, stamps
+
+
+def _project_modules() -> list[str]:
+    return [m for m in sys.modules if m.split(".")[0] in PROJECT]
+
+
+def _all_from(root: Path) -> bool:
+    """Whether every project module loaded comes from a file under ``root``."""
+    for name in _project_modules():
+        file = getattr(sys.modules[name], "__file__", None)
+        if not file or not Path(file).resolve().is_relative_to(root):
+            return False
+    return True
 
 
 def serve(folder: Path, owner: int, own_env: dict[str, str]) -> dict[str, Any]:
@@ -424,10 +473,19 @@ def _become_child(sel: selectors.BaseSelector, req: dict[str, Any], fds: list[in
             os.close(fd)
 
 
-def run_child(req: dict[str, Any], changed: dict[str, str | None]) -> None:
+def run_child(
+    req: dict[str, Any],
+    changed: dict[str, str | None],
+    root: Path,
+    stamps: dict[str, tuple[int, int]] | None,
+) -> None:
     """Run the request's stage module as ``python -m`` would, in the command's directory and
     environment (with the ``changed`` variables that the preloaded libraries set on import);
-    the interpreter then exits as after any ``python -m`` run."""
+    the interpreter then exits as after any ``python -m`` run. The project's library code that
+    the zygote imported from ``root`` is kept when the command runs in ``root`` and every source
+    file of the project there has the ``stamps`` it had then (the check Python makes of a cached
+    ``.pyc``, on the whole tree: a file added or removed counts); otherwise, and always for the
+    stage module itself, the child imports the command's code afresh."""
     import io
     import runpy
     import types
@@ -458,8 +516,15 @@ def run_child(req: dict[str, Any], changed: dict[str, str | None]) -> None:
         )
         setattr(sys, name, stream)
         setattr(sys, f"__{name}__", stream)
-    for name in [m for m in sys.modules if m.split(".")[0] in PROJECT]:
-        del sys.modules[name]  # the stage imports the project's code afresh, from its directory
+    keep = (
+        stamps is not None
+        and Path(req["cwd"]).resolve() == root
+        and _sources(root) == stamps
+        and _all_from(root)
+    )
+    for name in _project_modules():
+        if not keep or name == req["module"]:
+            del sys.modules[name]  # imported afresh by the stage, from its directory
     sys.path[0] = req["cwd"]
     sys.orig_argv = req["orig_argv"]
     # A fresh interpreter's state where the zygote's would be shared by all its children: the
@@ -500,9 +565,10 @@ def zygote(env: dict[str, str]) -> Iterator[dict[str, str]]:
 
 def main() -> None:
     folder, owner = Path(sys.argv[1]), int(sys.argv[2])
-    env, changed = preload()
+    root = Path.cwd().resolve()  # sys.path[0] of `python -m`: where the project is imported from
+    env, changed, stamps = preload(root)
     req = serve(folder, owner, env)
-    run_child(req, changed)
+    run_child(req, changed, root, stamps)
 
 
 if __name__ == "__main__":

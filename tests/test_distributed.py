@@ -1,12 +1,15 @@
 """Data-parallel training (pipeline.train.distributed): 2 gloo processes against 1 process at the
-same global batch, each run a fresh ``tests/ddp_probe.py`` child (torchrun for 2)."""
+same global batch, each run fresh ``tests/ddp_probe.py`` children (one per rank)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +25,44 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 
 def probe(name: str, out: Path, epochs: int, procs: int, dtype: str = "float32") -> dict[str, Any]:
-    launch = [sys.executable]
+    """Run ``tests/ddp_probe.py`` as ``procs`` ranks: the environment ``torchrun`` gives its
+    ranks (rank, world size, rendezvous address), without the launcher process itself (its
+    own torch import is a fresh interpreter's worth of CPU per run; ``torchrun`` proper is
+    exercised by the train stage's relaunch below). Returns rank 0's printed result."""
+    env = {**os.environ, "PROBE_DTYPE": dtype}
     if procs > 1:
-        port = str(free_port())
-        launch += ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node",
-                   str(procs), "--master-addr", "127.0.0.1", "--master-port", port]  # fmt: skip
-    run = subprocess.run(
-        [*launch, "-m", "tests.ddp_probe", name, str(out), str(epochs)],
-        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
-        env={**os.environ, "PROBE_DTYPE": dtype},
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    result: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+        env |= {"WORLD_SIZE": str(procs), "LOCAL_WORLD_SIZE": str(procs),
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}  # fmt: skip
+    cmd = [sys.executable, "-m", "tests.ddp_probe", name, str(out), str(epochs)]
+    with contextlib.ExitStack() as stack:
+        files = (stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(2 * procs))
+        logs = list(zip(files, files, strict=True))  # (stdout, stderr) of each rank
+        ranks = [
+            subprocess.Popen(
+                cmd,
+                cwd=REPO,
+                env=env | {"RANK": str(r), "LOCAL_RANK": str(r)},
+                stdout=logs[r][0],
+                stderr=logs[r][1],
+                text=True,
+            )
+            for r in range(procs)
+        ]
+        deadline = time.monotonic() + 600
+        try:  # as torchrun does: a rank that fails ends the others (they would wait for it)
+            while any(r.poll() is None for r in ranks) and time.monotonic() < deadline:
+                if any(r.poll() not in (None, 0) for r in ranks):
+                    break
+                time.sleep(0.05)
+        finally:
+            for rank in ranks:
+                rank.kill()
+                rank.wait()
+        for f in (f for pair in logs for f in pair):
+            f.seek(0)
+        for rank, (_, err) in zip(ranks, logs, strict=True):
+            assert rank.returncode == 0, err.read()[-3000:]
+        result: dict[str, Any] = json.loads(logs[0][0].read().strip().splitlines()[-1])
     return result
 
 

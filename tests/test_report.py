@@ -406,10 +406,12 @@ def test_stage_main_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixt
         "--train", str(paths["train"]), "--trials", str(paths["trials"]),
         "--manifest", str(paths["manifest"]), "--faces", str(paths["faces"]), "--out", str(out),
     ]  # fmt: skip
+    _write(tmp_path / "ablation" / "wen2021.json", _wen2021_ablation()[1])
     with prefect_api():  # one server for both runs
-        main(args)
+        main([*args, "--ablation", str(tmp_path / "ablation")])
         assert (out / "summary.md").is_file() and (out / "figures/ranked_alpha.png").is_file()
         assert "Ranking: no paired verdicts available" in capsys.readouterr().out
+        assert "## Ablations: the papers' claims, tested" in (out / "summary.md").read_text()
         with pytest.raises(SystemExit):
             main([*args, "--trials", str(tmp_path / "missing.json")])
     assert "missing.json: not found" in capsys.readouterr().err
@@ -517,16 +519,21 @@ def test_warnings_section_and_trials_per_list(tmp_path: Path, inputs: loading.Re
         )  # fmt: skip
 
 
-def test_an_ablation_result_becomes_the_ablation_section(tmp_path: Path) -> None:
+def _wen2021_ablation() -> tuple[Any, dict[str, Any]]:
+    """The wen2021 ablation of ablations.yaml and an analysed result of it (fake scores)."""
     from pipeline.evaluate.ablation import analyse, load_ablations
     from tests.test_aggregate import _scored
 
-    paths = make_inputs(tmp_path / "in")
-    assert "Ablations" not in document.summary_markdown(load(paths), PROV)  # none: no section
     ab = load_ablations(Path(__file__).resolve().parents[1] / "ablations.yaml")["wen2021"]
     rng = np.random.default_rng(5)
     p = {"full": 0.8, "no_reweighting": 0.8, "no_global": 0.78, "local_only": 0.6}
-    result = analyse(ab, {v: _scored("wen2021", x, (1, 2, 3), rng) for v, x in p.items()}, 200, 0)
+    return ab, analyse(ab, {v: _scored("wen2021", x, (1, 2, 3), rng) for v, x in p.items()}, 200, 0)
+
+
+def test_an_ablation_result_becomes_the_ablation_section(tmp_path: Path) -> None:
+    paths = make_inputs(tmp_path / "in")
+    assert "Ablations" not in document.summary_markdown(load(paths), PROV)  # none: no section
+    ab, result = _wen2021_ablation()
 
     def with_ablation(result: dict[str, Any]) -> loading.ReportInputs:
         _write(tmp_path / "ablation" / "wen2021.json", result)

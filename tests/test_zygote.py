@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(
 PROBE = """
 import stages._pinned  # noqa: F401  (first, as every stage)
 
-import json, os, sys, time
+import importlib, json, os, sys, time
 
 what = sys.argv[1]
 if what == "info":
@@ -41,6 +41,9 @@ if what == "info":
         "argv": sys.argv, "name": __name__, "file": __file__, "torch": "torch" in sys.modules,
         "probe_env": os.environ.get("PROBE"), "npy": os.environ.get("NPY_DISABLE_CPU_FEATURES"),
         "stages": sys.modules["stages"].__file__,
+        "kept": "pipeline.params" in sys.modules,  # the probe itself does not import it
+        "mark": getattr(importlib.import_module("pipeline.atomic"), "PROBE_MARK", None),
+        "atomic": sys.modules["pipeline.atomic"].__file__,
     }))
 elif what == "exit":
     sys.exit(int(sys.argv[2]))
@@ -168,3 +171,27 @@ def test_a_signalled_command_takes_its_child_with_it(
     proc.send_signal(sig)  # to the command alone, not its group
     assert proc.wait(timeout=30) == -sig  # SIGTERM: passed on, and the command dies of it too
     assert _gone(child)
+
+
+def test_library_code_is_kept_only_in_its_directory_while_its_sources_are_unchanged(
+    project: Path, warm_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The zygote's preloaded ``pipeline`` code serves commands in its own directory until a
+    source file changes; a command elsewhere, or after an edit, imports the code afresh."""
+    out = info(project, warm_env)
+    assert out["kept"] is True and out["atomic"] == str(project / "pipeline" / "atomic.py")
+    other = tmp_path / "other"
+    for pkg in ("stages", "pipeline"):
+        shutil.copytree(project / pkg, other / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    out = info(other, warm_env)
+    assert out["ppid"] == zygote_pid(warm_env)  # served warm, with that directory's code
+    assert out["kept"] is False and out["atomic"] == str(other / "pipeline" / "atomic.py")
+    atomic = project / "pipeline" / "atomic.py"
+    text = atomic.read_text()
+    atomic.write_text(text + "\nPROBE_MARK = 1\n")
+    try:
+        out = info(project, warm_env)
+        assert out["ppid"] == zygote_pid(warm_env)
+        assert out["kept"] is False and out["mark"] == 1  # the edited code, imported afresh
+    finally:
+        atomic.write_text(text)
