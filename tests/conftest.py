@@ -34,6 +34,10 @@ LONGEST_FIRST = (
     "test_stages.py",
     "test_reproducible.py",
     "test_shards.py",
+    "test_zygote.py",  # 10-20 s each: started before the many short files, which fill the end
+    "test_isolate.py",
+    "test_facetrack.py",
+    "test_train.py",
 )
 
 

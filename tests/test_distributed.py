@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,18 +67,38 @@ def probe(name: str, out: Path, epochs: int, procs: int, dtype: str = "float32")
     return result
 
 
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``two_ranks(name)``: the folder of a 3-epoch, 2-process float64 probe run of ``name``,
+    run once for the module (the match test compares it with one process, the resume test
+    with a stopped and resumed run)."""
+    runs: dict[str, Path] = {}
+
+    def run(name: str) -> Path:
+        if name not in runs:
+            out = tmp_path_factory.mktemp(f"two-{name}")
+            (out / "result.json").write_text(json.dumps(probe(name, out, 3, 2, "float64")))
+            runs[name] = out
+        return runs[name]
+
+    return run
+
+
 @pytest.mark.parametrize("name", ["cmpc", "wen2021"])
-def test_two_processes_match_one_at_the_same_global_batch(name: str, tmp_path: Path) -> None:
+def test_two_processes_match_one_at_the_same_global_batch(
+    name: str, tmp_path: Path, two_ranks: Callable[[str], Path]
+) -> None:
     """cmpc: per-video memory and k-means (from epoch 1) across ranks; wen2021: the identity
     classifier (a loss module's parameters) and the identity hardness. In float64, so that float
     summation order (BatchNorm statistics and gradients summed over ranks) stays below 1e-12:
     any real difference (a wrong gradient scale, a missed BatchNorm reduction, ranks holding
     different memories or clusters) would be orders of magnitude larger."""
     one = probe(name, tmp_path / "one", 3, 1, "float64")
-    two = probe(name, tmp_path / "two", 3, 2, "float64")
+    two_dir = two_ranks(name)
+    two = json.loads((two_dir / "result.json").read_text())
     assert two["first_loss"] == pytest.approx(one["first_loss"], rel=1e-12)
     g1 = torch.load(tmp_path / "one" / "first_grads.pt")
-    g2 = torch.load(tmp_path / "two" / "first_grads.pt")
+    g2 = torch.load(two_dir / "first_grads.pt")
     assert len(g1) == len(g2) > 10 and g1[0].dtype == torch.float64
     for a, b in zip(g1, g2, strict=True):
         assert (a - b).abs().max() <= 1e-10 * a.abs().max()
@@ -88,13 +109,15 @@ def test_two_processes_match_one_at_the_same_global_batch(name: str, tmp_path: P
             assert b[k] == pytest.approx(a[k], rel=1e-10, abs=1e-12), (k, a, b)
     # Every rank holds the same encoders and the same method state (memories, clusters).
     assert len(two["ranks"]) == 2 and two["ranks"][0] == two["ranks"][1]
-    assert (tmp_path / "two" / "checkpoint.pt").is_file()
+    assert (two_dir / "checkpoint.pt").is_file()
 
 
-def test_a_two_process_run_resumes_from_rank_0s_checkpoint(tmp_path: Path) -> None:
-    whole = probe("cmpc", tmp_path / "whole", 3, 2)
-    probe("cmpc", tmp_path / "split", 2, 2)
-    resumed = probe("cmpc", tmp_path / "split", 3, 2)
+def test_a_two_process_run_resumes_from_rank_0s_checkpoint(
+    tmp_path: Path, two_ranks: Callable[[str], Path]
+) -> None:
+    whole = json.loads((two_ranks("cmpc") / "result.json").read_text())
+    probe("cmpc", tmp_path / "split", 2, 2, "float64")
+    resumed = probe("cmpc", tmp_path / "split", 3, 2, "float64")
     assert resumed["ranks"] == whole["ranks"] and resumed["history"] == whole["history"]
 
 
