@@ -17,19 +17,18 @@ environment and standard streams. The zygote forks; the child leads a process gr
 takes the command's streams, directory and environment, keeps the project's library code the
 zygote imported only if the command runs in the same directory and no source file there changed
 since (else the stage imports the project's code itself, from the command's working directory),
-and runs the stage module as ``python -m`` would, then exits as the stage's own
-process would (``stages._runtime.run_main``). The command waits and exits with the child's
-status (or dies of the signal that killed it); the signals it receives go on to the child's
-group, and a command killed outright takes that group with it. The zygote ends with
-``stages.run``.
+and runs the stage module as ``python -m`` would, then exits as the stage's own process would
+(``stages._runtime.run_main``). The command waits and exits with the child's status (or dies of
+the signal that killed it); the signals it receives go on to the child's group, and a command
+killed outright takes that group with it. The zygote ends with ``stages.run``.
 
 Results cannot tell the difference: the zygote serves only commands whose interpreter, flags and
 environment (after pinning) agree with its own on every variable that the preloaded libraries
 read when they load (:data:`LOAD_TIME_ENV`: thread counts, kernel choices, paths, Prefect's
 settings); anything else is declined (a line on stderr says why) and runs as a fresh process, as
 does every command when the zygote is not there or not ready in time. ``VOXFACE_WARM_START=0``
-switches it off (tests/test_e2e_reruns.py retrains and scores a method that way: the same bytes); it
-needs Linux (``pidfd_open``, descriptor passing).
+switches it off (tests/test_e2e_reruns.py retrains and scores a method that way: the same
+bytes); it needs Linux (``pidfd_open``, descriptor passing).
 """
 
 from __future__ import annotations
@@ -101,7 +100,8 @@ LOAD_TIME_ENV = (
     "XDG_",
     "HOME",
 )
-#: Project packages: the child imports these afresh from the command's working directory.
+#: Project packages: a child keeps the zygote's copy of their library code only while it is the
+#: command's (same directory, same sources); else it imports them from the command's directory.
 PROJECT = ("pipeline", "stages")
 #: How long a command waits for a zygote that is still importing before it runs on its own.
 READY_WAIT_S = 60.0
@@ -185,9 +185,9 @@ def _zygote_pid(folder: Path) -> int | None:
 
 
 def _start(folder: Path, owner: int) -> None:
-    """Start the zygote of ``folder`` unless another command did. It runs
-    in a session of its own (a signal to this command's group is not for it), with its output
-    in ``folder/zygote.log``, and exits with ``owner``."""
+    """Start the zygote of ``folder`` unless another command did. It runs in a session of its
+    own (a signal to this command's group is not for it), with its output in
+    ``folder/zygote.log``, and exits with ``owner``."""
     try:
         fd = os.open(folder / "pid", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
@@ -353,7 +353,7 @@ def preload(
     if _sources(root) != stamps or not _all_from(root):
         stamps = None
     if threading.active_count() != 1:
-        raise RuntimeError(f"importing {PRELOAD} started threads: {threading.enumerate()}")
+        raise RuntimeError(f"the preloaded imports started threads: {threading.enumerate()}")
     after = dict(os.environ)
     changed: dict[str, str | None] = {k: v for k, v in after.items() if before.get(k) != v}
     changed |= {k: None for k in before.keys() - after.keys()}
@@ -361,6 +361,7 @@ def preload(
 
 
 def _project_modules() -> list[str]:
+    """The names of the project's modules loaded in this process."""
     return [m for m in sys.modules if m.split(".")[0] in PROJECT]
 
 
