@@ -6,6 +6,11 @@ before anything heavy is imported (:mod:`stages._zygote`, which checks that this
 """
 
 import os as _os
+from pathlib import Path as _Path
+
+#: Where the stages and ``stages.run`` log how long they took: untracked (``.gitignore``), never
+#: a DVC output, so a rerun that changes no result changes no tracked file.
+TIMINGS = _Path("logs/timings")
 
 if _os.environ.get("VOXFACE_ZYGOTE"):
     from stages._zygote import hand_off as _hand_off

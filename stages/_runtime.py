@@ -44,6 +44,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 
 from pipeline.atomic import atomic_path
 from pipeline.params import Params, ParamsError, load_params
+from stages import TIMINGS  # one JSON file per stage run there, overwritten
 
 if TYPE_CHECKING:
     import torch
@@ -88,11 +89,6 @@ def write_json(path: Path | str, payload: dict[str, Any]) -> None:
     """Write a metrics/report JSON atomically, keys sorted, for stable diffs."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-
-
-#: Where stages log how long they took: untracked (``.gitignore``), never a DVC output, so a rerun
-#: that changes no result changes no tracked file. One JSON file per stage run, overwritten.
-TIMINGS = Path("logs/timings")
 
 
 def write_timing(stage: str, figures: dict[str, Any], root: Path = TIMINGS) -> Path:

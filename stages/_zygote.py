@@ -283,6 +283,7 @@ def hand_off() -> None:
 
 
 def _is_open(fd: int) -> bool:
+    """Whether file descriptor ``fd`` is open in this process."""
     try:
         os.fstat(fd)
     except OSError:
@@ -517,12 +518,8 @@ def run_child(
         )
         setattr(sys, name, stream)
         setattr(sys, f"__{name}__", stream)
-    keep = (
-        stamps is not None
-        and Path(req["cwd"]).resolve() == root
-        and _sources(root) == stamps
-        and _all_from(root)
-    )
+    # (stamps is None unless every project module the zygote loaded came from root: preload)
+    keep = stamps is not None and Path(req["cwd"]).resolve() == root and _sources(root) == stamps
     for name in _project_modules():
         if not keep or name == req["module"]:
             del sys.modules[name]  # imported afresh by the stage, from its directory

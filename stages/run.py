@@ -22,8 +22,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
+from stages import TIMINGS
 from stages._zygote import zygote
 
 _STAGE = re.compile(r"^Running stage '([^']+)'")
@@ -82,9 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     if times:
         table = timing_table(times, end - t0)
         print(table, file=sys.stderr)
-        timings = Path("logs/timings")  # stages._runtime.TIMINGS, without importing Prefect
-        timings.mkdir(parents=True, exist_ok=True)
-        (timings / "repro.tsv").write_text("".join(f"{n}\t{s:.1f}\n" for n, s in times))
+        TIMINGS.mkdir(parents=True, exist_ok=True)
+        (TIMINGS / "repro.tsv").write_text("".join(f"{n}\t{s:.1f}\n" for n, s in times))
     return code
 
 
