@@ -53,6 +53,13 @@ def repo_env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
+def commit_all(repo: Path, env: dict[str, str], message: str) -> None:
+    """``git add -A`` and commit in ``repo`` (an empty commit when nothing changed)."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    _run([*git, "add", "-A"], repo, env)
+    _run([*git, "commit", "-q", "--allow-empty", "-m", message], repo, env)
+
+
 def copy_repo(
     repo: Path, edit_params: Callable[[str], str] | None = None
 ) -> tuple[Path, dict[str, str]]:
@@ -70,8 +77,7 @@ def copy_repo(
         params.write_text(edit_params(params.read_text()))
     env = repo_env()
     _run(["git", "init", "-q"], repo, env)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo, env)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo, env)
+    commit_all(repo, env, "init")
     return repo, env
 
 
@@ -85,8 +91,7 @@ def build_tiny(dest: Path) -> float:
     out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
     wall = time.perf_counter() - t0
     assert_stages(out, ran=ALL_STAGES)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo, env)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run"], repo, env)
+    commit_all(repo, env, "run")
     return wall
 
 

@@ -20,6 +20,7 @@ from tests.test_e2e import (
     SEEDS,
     _run,
     assert_stages,
+    commit_all,
     git_changes,
     stale,
     tiny_copy,
@@ -72,11 +73,6 @@ def test_an_ablation_trains_only_its_method_and_reports_its_effects(
 ) -> None:
     repo, env, _ = tiny_repo
 
-    def commit(message: str) -> None:
-        _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo, env)
-        git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q"]
-        _run([*git, "--allow-empty", "-m", message], repo, env)
-
     assert stale(repo, env) == set()  # the forced reruns before changed nothing
     spec = tmp_path / "ablations.yaml"
     spec.write_text(MINI_ABLATION)
@@ -106,7 +102,7 @@ def test_an_ablation_trains_only_its_method_and_reports_its_effects(
     out = _run([sys.executable, "-m", "stages.run", "dvc", "repro"], repo, env)
     # (cmpc retrains, to the same weights: a comment changes no float, so its scores are kept)
     assert_stages(out, ran=[f"train@cmpc-{s}" for s in SEEDS], skipped=wen)
-    commit("cmpc edited")
+    commit_all(repo, env, "cmpc edited")
     out = _run([*ablate, "run", "mini", "--ablations", str(spec)], repo, env)
     assert "Running stage 'train@" not in out and "Running stage 'evaluate@" not in out
     again = json.loads((repo / "reports/ablation/mini.json").read_text())

@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.schema import FAILURES, MANIFEST, MANIFEST_SKIPPED, read_table
 from tests.conftest import REALDATA, REPO
-from tests.test_e2e import METHODS, _run, assert_stages, copy_repo
+from tests.test_e2e import METHODS, _run, assert_stages, commit_all, copy_repo
 
 pytestmark = pytest.mark.usefixtures("prefect_server")  # see tests/conftest.py
 
@@ -68,8 +68,7 @@ def test_real_footage_runs_to_the_report(
 ) -> None:
     repo, env = copy_repo(tmp_path_factory.mktemp("real") / "repo")
     listed = write_clip_list(repo / "clips.csv")
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo, env)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clips"], repo, env)
+    commit_all(repo, env, "clips")
     cmd = [sys.executable, "-m", "stages.run", "dvc", "exp", "run"]
     out = _run([*cmd, *readme_overrides(realdata, "clips.csv")], repo, env)
     stages = (
