@@ -9,8 +9,10 @@ edit to the code that writes a shard gives the shard another name (it is redone,
 
 from __future__ import annotations
 
-import ast
 import hashlib
+import io
+import tokenize
+from collections.abc import Iterator
 from pathlib import Path
 
 #: The repository root (the folder holding ``pipeline/`` and ``stages/``).
@@ -27,17 +29,54 @@ def module_file(name: str, root: Path = REPO) -> Path | None:
     return None
 
 
+def _statements(source: str) -> Iterator[list[str]]:
+    """The token strings of each simple statement of ``source`` (comments and line breaks left
+    out), wherever it is: after a newline, an indent, a ``;`` or a compound statement's ``:``.
+
+    Read with :mod:`tokenize`, not :func:`ast.parse`: in CPython 3.11 turning a parse tree into
+    Python objects keeps one recursion counter per interpreter, and another thread in
+    ``ast.parse`` at the same time (Prefect calls it for flows and tasks) fails both with
+    "SystemError: AST constructor recursion depth mismatch"."""
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
+    ends = {tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT}
+    depth, stmt = 0, list[str]()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type in skip:
+            continue
+        if tok.type == tokenize.OP and tok.string in "([{":
+            depth += 1
+        elif tok.type == tokenize.OP and tok.string in ")]}":
+            depth -= 1
+        if tok.type in ends or (tok.type == tokenize.OP and tok.string in (";", ":") and not depth):
+            if stmt:
+                yield stmt
+            stmt = []
+        else:
+            stmt.append(tok.string)
+    if stmt:
+        yield stmt
+
+
+def _imported(stmt: list[str]) -> list[str]:
+    """The module names an ``import``/``from`` statement's tokens name (a ``from`` import's
+    names as possible submodules too); [] for any other statement or a relative import."""
+    if stmt[:1] == ["import"]:  # import a.b as c, d
+        groups = " ".join(stmt[1:]).split(" , ")
+        return ["".join(g.split(" as ")[0].split()) for g in groups]
+    if stmt[:1] == ["from"] and "import" in stmt and stmt[1] != ".":
+        cut = stmt.index("import")
+        module = "".join(stmt[1:cut])
+        words = [w for w in stmt[cut + 1 :] if w not in "()"]
+        names = [w for i, w in enumerate(words) if w not in (",", "as") and words[i - 1] != "as"]
+        return [module, *(f"{module}.{n}" for n in names if n != "*")]
+    return []
+
+
 def imports(path: Path, root: Path = REPO) -> set[str]:
     """Project modules (``pipeline.*``, ``stages.*``) that ``path`` imports, anywhere in it."""
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # ``from pipeline.x import y``: y may itself be a module
-            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
-        else:
-            continue
+    for stmt in _statements(path.read_text()):
+        names = _imported(stmt)
         out |= {n for n in names if n.split(".")[0] in PACKAGES and module_file(n, root)}
     return out
 

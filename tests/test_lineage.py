@@ -132,3 +132,36 @@ def test_the_source_digest_follows_the_code_a_module_runs(tmp_path: Path) -> Non
     assert source_digest("stages.x", tmp_path) == before
     (tmp_path / "pipeline/b.py").write_text("B = 2\n")
     assert source_digest("stages.x", tmp_path) != before
+
+
+def _ast_imports(path: Path) -> set[str]:
+    """The plain reading :func:`imports` replaces: every ``Import``/``ImportFrom`` node."""
+    import ast
+
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+    return {n for n in out if n.split(".")[0] in ("pipeline", "stages")}
+
+
+def test_imports_read_from_tokens_match_the_syntax_tree(tmp_path: Path) -> None:
+    """:func:`imports` tokenizes instead of calling ``ast.parse`` (not thread-safe in CPython
+    3.11); on every project file, and on awkward forms, it finds what the syntax tree has."""
+    from pipeline.lineage import module_file
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import pipeline.params as p, stages._runtime\n"
+        "if x: from pipeline.atomic import (atomic_path,\n    atomic_dir as d)  # comment\n"
+        "def f():\n    y = {'a': 1}; import pipeline.schema\n"
+        "from . import lineage\ns = 'import pipeline.cli'\n"
+    )
+    assert imports(probe) == {"pipeline.params", "stages._runtime", "pipeline.atomic",
+                              "pipeline.schema"}  # fmt: skip
+    files = [*REPO.glob("pipeline/**/*.py"), *REPO.glob("stages/*.py"), *REPO.glob("tests/*.py")]
+    assert len(files) > 100
+    for f in [probe, *files]:
+        assert imports(f) == {n for n in _ast_imports(f) if module_file(n)}, f
