@@ -2,7 +2,9 @@
 
 Under ``python -m stages.run`` a stage command hands itself to a warm zygote process here,
 before anything heavy is imported (:mod:`stages._zygote`, which checks that this process is
-``python -m stages.<name>``); elsewhere this does nothing.
+``python -m stages.<name>``). A stage command run on its own, without ``PREFECT_API_URL``,
+starts its temporary Prefect server here instead, so that the server comes up while the stage
+imports its libraries (:mod:`stages._server`). Imported any other way, this does nothing.
 """
 
 import os as _os
@@ -16,3 +18,11 @@ if _os.environ.get("VOXFACE_ZYGOTE"):
     from stages._zygote import hand_off as _hand_off
 
     _hand_off()
+
+if _os.environ.get("PREFECT_API_URL") is None:
+    from stages._zygote import _module_of_command
+
+    if _module_of_command() is not None:
+        from stages._server import prestart as _prestart
+
+        _prestart()

@@ -33,7 +33,6 @@ import atexit
 import contextlib
 import json
 import os
-import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -45,6 +44,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 from pipeline.atomic import atomic_path
 from pipeline.params import Params, ParamsError, load_params
 from stages import TIMINGS  # one JSON file per stage run there, overwritten
+from stages._server import take as take_server
 
 if TYPE_CHECKING:
     import torch
@@ -143,28 +143,31 @@ def prefect_api(meanwhile: Callable[[], object] | None = None) -> Iterator[str]:
     """Make sure one Prefect API serves this process and every worker it starts.
 
     With ``PREFECT_API_URL`` set (a server started once for the whole ``dvc repro``, or the
-    user's own for the UI), use it. Otherwise start one temporary server here and export its URL,
-    so that pool workers join it instead of each starting their own (5-7 s apiece). The server
-    takes seconds to come up (its own imports and database): ``meanwhile`` (loading a model,
-    importing torch) runs in this thread while it does.
+    user's own for the UI), use it. Otherwise start one temporary server (:mod:`stages._server`:
+    the one ``stages/__init__.py`` started before the command's imports, if it did) and export
+    its URL, so that pool workers join it instead of each starting their own (5-7 s apiece). The
+    server takes seconds to come up (its own imports and database): ``meanwhile`` (loading a
+    model, importing torch) runs in this thread while it does.
+
+    Flows run without heartbeats on a temporary server (this one, or the one ``stages.run``
+    started: :data:`TEMPORARY_API`): heartbeats let a server's services mark a run whose process
+    died as crashed, and a temporary server runs none of them and dies with its command, while
+    the flow engine's wait for its heartbeat thread adds up to 1 s to every flow. A server of
+    your own keeps Prefect's default.
     """
     url = os.environ.get("PREFECT_API_URL")
     if url:
         if meanwhile is not None:
             meanwhile()
-        yield url
+        with _flow_settings(url, temporary=os.environ.get(TEMPORARY_API) == url):
+            yield url
         return
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    # A port of its own: SubprocessASGIServer() without one is a process-wide singleton, so a
-    # nested call would otherwise stop its caller's server on the way out.
-    server = SubprocessASGIServer(port=free_port())
+    server = take_server()
     errors: list[BaseException] = []
 
     def start() -> None:
         try:
-            server.start()
+            server.wait()
         except BaseException as e:  # re-raised in the calling thread
             errors.append(e)
 
@@ -178,23 +181,35 @@ def prefect_api(meanwhile: Callable[[], object] | None = None) -> Iterator[str]:
     if errors:
         server.stop()
         raise errors[0]
-    os.environ["PREFECT_API_URL"] = server.api_url
+    os.environ["PREFECT_API_URL"] = os.environ[TEMPORARY_API] = server.api_url
     try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        with _flow_settings(server.api_url, temporary=True):
             yield server.api_url
     finally:
         _drain_prefect_workers()
         os.environ.pop("PREFECT_API_URL", None)
+        os.environ.pop(TEMPORARY_API, None)
         server.stop()
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that no one listens on now (the system's pick): for a temporary
-    Prefect server, or a DDP rendezvous (tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+#: The URL of a temporary server a command started (``stages.run`` exports it to its stages).
+TEMPORARY_API = "VOXFACE_TEMPORARY_API"
+
+
+@contextlib.contextmanager
+def _flow_settings(url: str, temporary: bool) -> Iterator[None]:
+    """Prefect's settings for flows on the API at ``url`` (no heartbeats when ``temporary``)."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        temporary_settings,
+    )
+
+    updates: dict[Any, Any] = {PREFECT_API_URL: url}
+    if temporary:
+        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
+    with temporary_settings(updates=updates):
+        yield
 
 
 def _drain_prefect_workers() -> None:

@@ -17,8 +17,9 @@ Shards are incremental and resumable:
   ``VOXFACE_RETRY_FAILED=1`` redoes the shards that hold failed clips (and only those).
 
 A task processes a shard, or a part of one when there are fewer shards to do than workers (the
-parts are merged into the same bytes). Tasks receive clip references and return counts and
-failure rows; the arrays stay in the shard files.
+parts are merged into the same bytes); the largest tasks are submitted first, so that the pool
+does not end on one big shard while its other workers idle. Tasks receive clip references and
+return counts and failure rows; the arrays stay in the shard files.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from prefect.futures import PrefectFuture
 from pipeline.atomic import atomic_path
 from pipeline.cpu_pin import kernel_settings
 from pipeline.lineage import source_digest
+from pipeline.preprocess.isolate import prestart as prestart_decoders
 from pipeline.preprocess.shards import ClipRef, ShardResult, clip_refs
 from pipeline.schema import (
     FAILURES,
@@ -61,6 +63,9 @@ from stages._runtime import (
     write_json,
     write_timing,
 )
+
+#: What a decoder process imports as it starts (pipeline.preprocess.media imports decord lazily).
+DECODERS = ("decord", "pipeline.preprocess.media")
 
 
 def decode_timeout_s() -> float:
@@ -200,17 +205,21 @@ def _fan_out(
     reused = len(results)
     todo = [name for name in layout if name not in results]
     units = work_units([layout[n] for n in todo], workers())
-    submitted: list[tuple[str, list[tuple[Path, PrefectFuture[ShardResult]]]]] = []
+    jobs: list[tuple[str, Path, list[ClipRef]]] = []  # (shard, file, clips) per task
     for name, parts in zip(todo, units, strict=True):
-        shard = out_dir / f"{name}.parquet"
-        paths = [shard] if len(parts) == 1 else [
+        paths = [out_dir / f"{name}.parquet"] if len(parts) == 1 else [
             out_dir / f".{name}.part{j:03d}.parquet" for j in range(len(parts))
         ]  # fmt: skip
-        tasks = [
-            (path, run_shard.submit(fn, part, str(root), cfg, str(path), decode_timeout_s()))
-            for path, part in zip(paths, parts, strict=True)
-        ]
-        submitted.append((name, tasks))
+        jobs += [(name, path, part) for path, part in zip(paths, parts, strict=True)]
+    # Largest first (shards hold up to twice shard_clips): the pool's last tasks are then small,
+    # and no worker idles while another finishes a big one.
+    futures = {
+        path: run_shard.submit(fn, part, str(root), cfg, str(path), decode_timeout_s())
+        for _, path, part in sorted(jobs, key=lambda job: -len(job[2]))
+    }
+    submitted: list[tuple[str, list[tuple[Path, PrefectFuture[ShardResult]]]]] = [
+        (name, [(path, futures[path]) for shard, path, _ in jobs if shard == name]) for name in todo
+    ]
     t0, done_clips, finished = time.perf_counter(), 0, 0
     n_clips, n_tasks = sum(len(layout[n]) for n in todo), sum(len(t) for _, t in submitted)
     for name, tasks in submitted:
@@ -292,7 +301,8 @@ def run_stage(
 ) -> None:
     """The command line of a preprocessing stage ``name`` (params section ``section``): run
     ``flow(manifest, root, params, out)``, write the report, fail past the failure threshold.
-    ``warm(section params)`` (load models, import torch) runs while the Prefect server starts."""
+    ``warm(section params)`` (load models, import torch) runs while the Prefect server starts, as
+    does the start of the decoder processes (one per worker thread, :data:`DECODERS` imported)."""
     ap = argparse.ArgumentParser(description=doc)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--manifest", default="data/manifest/clips.parquet")
@@ -302,7 +312,14 @@ def run_stage(
     params = stage_params(args.params)
     limit_native_threads()
     p = getattr(params, section)
-    with prefect_api(meanwhile=None if warm is None else lambda: warm(p)):
+
+    def meanwhile() -> None:  # while the Prefect server starts
+        if os.environ.get("VOXFACE_RUNNER", "thread") == "thread":  # decoders for the threads
+            prestart_decoders(workers(), decode_timeout_s(), DECODERS)
+        if warm is not None:
+            warm(p)
+
+    with prefect_api(meanwhile=meanwhile):
         report = flow.with_options(task_runner=task_runner())(  # type: ignore[attr-defined]
             args.manifest, params.data.root, p, args.out
         )

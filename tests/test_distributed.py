@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from pipeline.train.distributed import SyncBatchNorm, convert_batchnorm
-from stages._runtime import free_port
+from stages._server import free_port
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]

@@ -17,7 +17,8 @@ from pipeline.preprocess.isolate import (
     ChildDied,
     Isolated,
     _with_messages,
-    shared,
+    lease,
+    prestart,
 )
 
 
@@ -88,10 +89,28 @@ def test_the_timeout_counts_the_call_not_the_childs_start_up(
         iso.call(slow.value)
 
 
-def test_shared_child_is_reused_and_timeout_must_be_positive() -> None:
-    assert shared(7.0) is shared(7.0)
+def test_leased_children_are_reused_prestarted_and_closed_when_left_part_way() -> None:
+    with lease(7.0) as a:
+        first = a.call(_pid)
+        with lease(7.0) as b:  # a is busy: another child
+            assert b is not a and b.call(_pid) != first
+    with lease(7.0) as again:  # given back, reused, same process
+        assert again.call(_pid) == first
+    prestart(1, 8.0, ("colorsys",))  # imported by nothing else there
+    with lease(8.0) as warm:
+        assert warm.preload == ("colorsys",) and "colorsys" in warm.call(_loaded)
+    with pytest.raises(RuntimeError, match="stopped part-way"), lease(8.0) as left:
+        proc = left._ensure()
+        raise RuntimeError("stopped part-way")
+    assert proc.wait(timeout=10) is not None  # closed, not given back with requests in flight
+    with lease(8.0) as fresh:
+        assert fresh is not left
     with pytest.raises(ValueError, match="positive"):
         Isolated(0)
+
+
+def _loaded() -> list[str]:
+    return sorted(sys.modules)
 
 
 def _sleep_or_echo(x: float) -> float:

@@ -8,12 +8,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from prefect import flow
+from prefect.settings import (
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+    get_current_settings,
+    temporary_settings,
+)
 
 from pipeline.params import load_params
-from pipeline.preprocess.shards import ClipRef
-from pipeline.schema import FACE_FRAMES, MANIFEST, VOICE_FEATURES, read_table, write_table
-from stages._runtime import prefect_api, task_runner
-from stages._shards import work_units
+from pipeline.preprocess.shards import ClipRef, ShardResult
+from pipeline.schema import FACE_FRAMES, FAILURES, MANIFEST, VOICE_FEATURES, read_table, write_table
+from stages import _server
+from stages._runtime import TEMPORARY_API, prefect_api, task_runner
+from stages._shards import _fan_out, shards, work_units
 from stages.faces import faces_flow
 from stages.voice import voice_flow
 from tests.conftest import REPO
@@ -139,21 +146,73 @@ def test_work_units_give_every_worker_a_task() -> None:
     assert work_units([], 4) == []
 
 
+_started: list[int] = []
+
+
+def _record_size(
+    clips: list[ClipRef], root: Path, cfg: object, out: Path, timeout_s: float
+) -> ShardResult:
+    _started.append(len(clips))
+    write_table(pd.DataFrame(columns=FAILURES.schema.names), out, FAILURES)
+    return ShardResult()
+
+
+@flow
+def _sizes_flow(clips: list[ClipRef], out: str) -> None:
+    _fan_out("sizes", _record_size, clips, 6, Path(out), {}, Path(out), FAILURES)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_the_largest_tasks_start_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One worker takes the tasks in the order they were submitted: largest first, so that a
+    pool of several never ends on one big shard while the others idle."""
+    monkeypatch.setenv("VOXFACE_RUNNER", "thread")
+    monkeypatch.setenv("VOXFACE_WORKERS", "1")
+    clips = [ClipRef(f"id/{i:03d}", f"{i}.mp4", "video", None) for i in range(60)]
+    sizes = [len(s) for s in shards(clips, 6)]
+    assert sizes != sorted(sizes, reverse=True)  # the layout's own order is not the answer
+    _started.clear()
+    _sizes_flow.with_options(task_runner=task_runner())(clips, str(tmp_path / "out"))
+    assert _started == sorted(sizes, reverse=True)
+
+
 @pytest.mark.slow
 def test_prefect_api_runs_meanwhile_and_serves(
     prefect_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A temporary server comes up while ``meanwhile`` runs; it serves, and it is gone after.
-    An error in ``meanwhile`` propagates and leaves no server behind. Another server running in
-    the same process (the test session's) keeps serving throughout."""
+    """A temporary server (the one prestarted, as a stage command does) comes up while
+    ``meanwhile`` runs; it serves, its flows run without heartbeats, and it is gone after. A
+    server of the user's own keeps the heartbeat setting. An error in ``meanwhile`` propagates
+    and leaves no server behind. Another server running in the same process (the test
+    session's) keeps serving throughout."""
     import httpx
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     calls: list[str] = []
-    with prefect_api(meanwhile=lambda: calls.append("warm")) as url:
-        assert calls == ["warm"] and os.environ["PREFECT_API_URL"] == url
+    _server.prestart()  # as stages/__init__.py does for a stage command
+    early = _server._early
+    assert early is not None
+    with (
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}),
+        prefect_api(meanwhile=lambda: calls.append("warm")) as url,
+    ):
+        assert calls == ["warm"] and os.environ["PREFECT_API_URL"] == url == early.api_url
         assert httpx.get(f"{url}/health").status_code == 200
-    assert "PREFECT_API_URL" not in os.environ
+        # A temporary server: flows run without heartbeats.
+        assert os.environ[TEMPORARY_API] == url
+        assert get_current_settings().flows.heartbeat_frequency is None
+    assert "PREFECT_API_URL" not in os.environ and TEMPORARY_API not in os.environ
+    assert _server._early is None  # handed over once, stopped with its command
+    # A server of the user's own keeps the heartbeats as they are set.
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}), prefect_api():
+        assert get_current_settings().flows.heartbeat_frequency == 60
+    # The temporary server of ``stages.run``, passed on to its stage commands: none.
+    monkeypatch.setenv(TEMPORARY_API, prefect_server)
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}), prefect_api():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    monkeypatch.delenv("PREFECT_API_URL")
+    monkeypatch.delenv(TEMPORARY_API)
 
     def broken() -> None:
         raise RuntimeError("model failed to load")

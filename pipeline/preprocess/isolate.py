@@ -7,7 +7,8 @@ talks to it over pipes. When a call overruns its timeout the child is killed and
 :class:`CallTimeout` is raised; when the child dies (a crash in native code), :class:`ChildDied`.
 The next call starts a fresh child. A plain subprocess, unlike ``fork``, is safe from a
 multi-threaded parent, and unlike ``spawn``/``forkserver`` it does not re-import the parent's main
-module.
+module. Shard tasks take a child each with :func:`lease` (children are kept and reused across
+shards); a stage starts them with :func:`prestart` while its Prefect server starts.
 
 A call's timeout counts its own work only: the child acknowledges each request once it has read
 it (a fresh child's interpreter start-up and the called module's imports come before that), and
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib
 import os
 import pickle
 import re
@@ -77,10 +79,11 @@ class Isolated:
     ``fn`` must be importable by its module path (it is pickled by reference).
     """
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, preload: tuple[str, ...] = ()) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         self.timeout_s = timeout_s
+        self.preload = preload  # modules every child imports as it starts, before any request
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Isolated:
@@ -93,7 +96,7 @@ class Isolated:
         if self._proc is None or self._proc.poll() is not None:
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.preprocess.isolate"],
+                [sys.executable, "-m", "pipeline.preprocess.isolate", *self.preload],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=env,
@@ -191,18 +194,46 @@ class Isolated:
             proc.wait()
 
 
-_shared: dict[tuple[int, float], Isolated] = {}
-_shared_lock = threading.Lock()
+_idle: dict[float, list[Isolated]] = {}
+_idle_lock = threading.Lock()
 
 
-def shared(timeout_s: float) -> Isolated:
-    """One child per thread and timeout, kept across shards (it starts once, ~0.3 s)."""
-    key = (threading.get_ident(), timeout_s)
-    with _shared_lock:
-        if key not in _shared:
-            _shared[key] = Isolated(timeout_s)
-            atexit.register(_shared[key].close)
-        return _shared[key]
+@contextlib.contextmanager
+def lease(timeout_s: float) -> Iterator[Isolated]:
+    """A child for one caller at a time: an idle one of this timeout (prestarted, or given back
+    by an earlier caller: a child starts once, ~0.3 s, and is kept across shards), else a new
+    one. It is given back when the caller is done with it, and closed instead when the caller
+    stopped part-way (requests may still be in flight)."""
+    with _idle_lock:
+        pool = _idle.setdefault(timeout_s, [])
+        iso = pool.pop() if pool else None
+    if iso is None:
+        iso = Isolated(timeout_s)
+        atexit.register(iso.close)
+    done = False
+    try:
+        yield iso
+        done = True
+    finally:
+        if done:
+            with _idle_lock:
+                _idle[timeout_s].append(iso)
+        else:
+            iso.close(kill=True)
+
+
+def prestart(n: int, timeout_s: float, preload: tuple[str, ...]) -> None:
+    """Start ``n`` idle children for :func:`lease` now, each importing the modules ``preload``
+    (the decoders) as it starts: a stage does this while its Prefect server starts, so its first
+    shards do not wait for their decoder's interpreter and imports. Returns without waiting."""
+    started = []
+    for _ in range(n):
+        iso = Isolated(timeout_s, preload)
+        iso._ensure()
+        atexit.register(iso.close)
+        started.append(iso)
+    with _idle_lock:
+        _idle.setdefault(timeout_s, []).extend(started)
 
 
 #: The most of a failed call's decoder messages kept in its error (characters, the last ones).
@@ -253,4 +284,6 @@ def _serve() -> None:
 
 
 if __name__ == "__main__":
+    for _module in sys.argv[1:]:  # Isolated.preload
+        importlib.import_module(_module)
     _serve()

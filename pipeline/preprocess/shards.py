@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from pipeline.preprocess.isolate import CallTimeout, ChildDied, shared
+from pipeline.preprocess.isolate import CallTimeout, ChildDied, lease
 from pipeline.preprocess.media import MediaError
 
 T = TypeVar("T")
@@ -66,26 +66,28 @@ def decode_each(
     timeout_s: float,
     fn: Callable[..., T],
 ) -> Iterator[tuple[ClipRef, T]]:
-    """``fn(*args)`` for each ``(clip, path, args)`` in this thread's decoder child, the next
-    clip decoding while the caller works on this one; yields ``(clip, result)``. A failure
+    """``fn(*args)`` for each ``(clip, path, args)`` in a decoder child process of its own
+    (:func:`pipeline.preprocess.isolate.lease`), the next clip decoding while the caller works on
+    this one; yields ``(clip, result)``. A failure
     becomes a row instead: ``no_audio`` / ``no_video`` (the stream is missing), ``decode``
     (unreadable file), ``timeout`` (the decoder hung and was killed), ``crash`` (it died).
     """
-    outputs = shared(timeout_s).map(fn, [args for _, _, args in items])
-    for (clip, path, _), out in zip(items, outputs, strict=True):
-        if isinstance(out, MediaError):
-            text = str(out)
-            reason = "decode"
-            if "no audio stream" in text:
-                reason = "no_audio"
-            elif "no video stream" in text:
-                reason = "no_video"
-            res.fail(clip, reason, out)
-        elif isinstance(out, CallTimeout):
-            res.fail(clip, "timeout", MediaError(f"{path}: decoding {out}"))
-        elif isinstance(out, ChildDied):
-            res.fail(clip, "crash", MediaError(f"{path}: {out}"))
-        elif isinstance(out, BaseException):
-            res.fail(clip, "decode", out)
-        else:
-            yield clip, out
+    with lease(timeout_s) as decoder:
+        outputs = decoder.map(fn, [args for _, _, args in items])
+        for (clip, path, _), out in zip(items, outputs, strict=True):
+            if isinstance(out, MediaError):
+                text = str(out)
+                reason = "decode"
+                if "no audio stream" in text:
+                    reason = "no_audio"
+                elif "no video stream" in text:
+                    reason = "no_video"
+                res.fail(clip, reason, out)
+            elif isinstance(out, CallTimeout):
+                res.fail(clip, "timeout", MediaError(f"{path}: decoding {out}"))
+            elif isinstance(out, ChildDied):
+                res.fail(clip, "crash", MediaError(f"{path}: {out}"))
+            elif isinstance(out, BaseException):
+                res.fail(clip, "decode", out)
+            else:
+                yield clip, out
