@@ -12,7 +12,8 @@ database: 4-5 s) then overlaps with the stage's imports and model loading.
 
 The server runs in Prefect's ephemeral mode (``PREFECT__SERVER_EPHEMERAL=1``, no UI, none of the
 background services), as Prefect's own temporary server does, on a port of its own, and stops
-when its command does (:meth:`Server.stop`, also registered with ``atexit``).
+when its command does (:meth:`Server.stop`, also registered with ``atexit``), or, when the
+command is killed outright, by itself once it sees its parent gone (:data:`_WATCHED`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,20 @@ from pathlib import Path
 
 #: uvicorn's exit status when its port is taken: the server is started again on another port.
 _PORT_IN_USE = 3
+#: ``python -m uvicorn ARGS`` that also stops (SIGTERM to itself: uvicorn's own shutdown) once
+#: the process given first has gone: a command killed outright (SIGKILL, no ``atexit``) leaves
+#: no server behind. A plain ``-c`` program: ``-m stages...`` would import this package again.
+_WATCHED = """\
+import os, runpy, signal, sys, threading, time
+parent = int(sys.argv.pop(1))
+def watch():
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)
+threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+sys.argv[0] = "uvicorn"
+runpy.run_module("uvicorn", run_name="__main__", alter_sys=True)
+"""
 _early: Server | None = None
 
 
@@ -71,8 +86,8 @@ class Server:
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1"}
         env["PREFECT__SERVER_FINAL"] = "1"
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
-             "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+            [sys.executable, "-c", _WATCHED, str(os.getpid()), "--app-dir", str(app_dir),
+             "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
              "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
             env=env,
         )  # fmt: skip

@@ -1,6 +1,7 @@
 """Run a command (default: ``dvc repro``) with one Prefect server shared by all its stages.
 
-Without a server, every stage process pays Prefect's start-up (a temporary server, 5-15 s).
+Without a server, every stage process pays Prefect's start-up (a temporary server: 3.5-5 s on 2
+cores, overlapping the stage's own imports, :mod:`stages._server`).
 ``python -m stages.run dvc repro`` starts one server, exports ``PREFECT_API_URL`` to the command
 and stops the server afterwards. With ``PREFECT_API_URL`` already set (your own ``prefect server
 start``, e.g. to watch the runs in its UI), that server is used and nothing is started. Its first

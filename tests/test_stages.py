@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -174,6 +176,35 @@ def test_the_largest_tasks_start_first(tmp_path: Path, monkeypatch: pytest.Monke
     _started.clear()
     _sizes_flow.with_options(task_runner=task_runner())(clips, str(tmp_path / "out"))
     assert _started == sorted(sizes, reverse=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_killed_command_leaves_no_temporary_server_behind() -> None:
+    """SIGKILL runs no ``atexit`` handler: the server stops by itself once its parent is gone."""
+    code = (
+        "import time; from stages._server import Server; s = Server(); "
+        "print(s._proc.pid, flush=True); time.sleep(120)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("PREFECT_API_URL", None)
+    cmd = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env, text=True)
+    assert cmd.stdout is not None
+    server = int(cmd.stdout.readline())
+    assert _running(server)
+    cmd.kill()
+    cmd.wait()
+    deadline = time.monotonic() + 20
+    while _running(server) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(server)
 
 
 @pytest.mark.slow
