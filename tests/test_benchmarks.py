@@ -1,4 +1,4 @@
-"""Smoke tests of the field-style faces benchmark's command line and set building (no MTCNN)."""
+"""Smoke tests of the benchmarks' command lines and the field-style set building (no MTCNN)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import field_faces
+from benchmarks import field_faces, stage_startup
 
 
 def test_help_runs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -14,6 +14,14 @@ def test_help_runs(capsys: pytest.CaptureFixture[str]) -> None:
         field_faces.main(["--help"])
     assert e.value.code == 0
     assert "field-style" in capsys.readouterr().out
+
+
+def test_stage_startup_help_names_its_phases(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        stage_startup.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert all(phase in out for phase in ("imports", "warm", "server up", "flow body"))
 
 
 @pytest.mark.realdata
