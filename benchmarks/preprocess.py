@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     kinds = tuple(k for k in KINDS if k in (args.only or KINDS))
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from stages._runtime import prefect_api, task_runner, workers
+    from stages._runtime import prefect_api, runner_kind, task_runner, workers
     from stages.faces import face_config, faces_flow
     from stages.voice import voice_config, voice_flow
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     pool.map(abs, range(n_workers * 4))
     out: dict[str, Any] = {
         "workers": n_workers,
-        "runner": os.environ.get("VOXFACE_RUNNER", "thread"),
+        "runner": runner_kind(),
     }
     runs = []
     with pool, tempfile.TemporaryDirectory() as tmp:

@@ -10,19 +10,17 @@ imports its libraries (:mod:`stages._server`). Imported any other way, this does
 import os as _os
 from pathlib import Path as _Path
 
+from stages._zygote import _module_of_command  # standard library only
+from stages._zygote import hand_off as _hand_off
+
 #: Where the stages and ``stages.run`` log how long they took: untracked (``.gitignore``), never
 #: a DVC output, so a rerun that changes no result changes no tracked file.
 TIMINGS = _Path("logs/timings")
 
 if _os.environ.get("VOXFACE_ZYGOTE"):
-    from stages._zygote import hand_off as _hand_off
-
     _hand_off()
 
-if _os.environ.get("PREFECT_API_URL") is None:
-    from stages._zygote import _module_of_command
+if _module_of_command() is not None:  # a stage command, run fresh
+    from stages._server import prestart as _prestart
 
-    if _module_of_command() is not None:
-        from stages._server import prestart as _prestart
-
-        _prestart()
+    _prestart()  # unless PREFECT_API_URL names a server already

@@ -61,9 +61,14 @@ def limit_native_threads() -> None:
         os.environ.setdefault(var, n)
 
 
+def runner_kind() -> str:
+    """``VOXFACE_RUNNER``: ``thread`` (the default), ``process`` or ``dask``."""
+    return os.environ.get("VOXFACE_RUNNER", "thread")
+
+
 def task_runner() -> TaskRunner[Any]:
     """The task runner chosen by ``VOXFACE_RUNNER`` (see the module docstring)."""
-    kind = os.environ.get("VOXFACE_RUNNER", "thread")
+    kind = runner_kind()
     if kind == "process":
         return ProcessPoolTaskRunner(max_workers=workers())
     if kind == "thread":
@@ -138,6 +143,10 @@ def run_main(main: Callable[[], object]) -> NoReturn:
     os._exit(code)
 
 
+#: The URL of a temporary server a command started (``stages.run`` exports it to its stages).
+TEMPORARY_API = "VOXFACE_TEMPORARY_API"
+
+
 @contextlib.contextmanager
 def prefect_api(meanwhile: Callable[[], object] | None = None) -> Iterator[str]:
     """Make sure one Prefect API serves this process and every worker it starts.
@@ -190,10 +199,6 @@ def prefect_api(meanwhile: Callable[[], object] | None = None) -> Iterator[str]:
         os.environ.pop("PREFECT_API_URL", None)
         os.environ.pop(TEMPORARY_API, None)
         server.stop()
-
-
-#: The URL of a temporary server a command started (``stages.run`` exports it to its stages).
-TEMPORARY_API = "VOXFACE_TEMPORARY_API"
 
 
 @contextlib.contextmanager

@@ -57,6 +57,7 @@ from stages._runtime import (
     fail,
     limit_native_threads,
     prefect_api,
+    runner_kind,
     stage_params,
     task_runner,
     workers,
@@ -314,7 +315,7 @@ def run_stage(
     p = getattr(params, section)
 
     def meanwhile() -> None:  # while the Prefect server starts
-        if os.environ.get("VOXFACE_RUNNER", "thread") == "thread":  # decoders for the threads
+        if runner_kind() == "thread":  # decoders for the pool's threads (workers start their own)
             prestart_decoders(workers(), decode_timeout_s(), DECODERS)
         if warm is not None:
             warm(p)
