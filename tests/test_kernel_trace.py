@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,14 @@ def test_traces_of_other_code_params_or_data_are_not_compared() -> None:
     result = kt.compare(a, b)
     assert result["verdict"] == "program" and result["compared"] == 0
     assert "other code, params or data" in kt.explain(result, a, b)
+
+
+def test_tensors_of_any_dtype_are_hashed_by_their_bytes() -> None:
+    x = torch.tensor([1.5, -2.0])
+    rows = kt.describe([x, x.to(torch.bfloat16), x > 0, 3])
+    assert [dtype for _, dtype, _ in rows] == ["float32", "bfloat16", "bool"]
+    assert rows[0][2] == hashlib.md5(x.numpy().tobytes()).hexdigest()
+    assert len({digest for _, _, digest in rows}) == 3
 
 
 def test_a_trace_stops_at_its_operation_count() -> None:

@@ -71,8 +71,8 @@ def describe(value: Any, unwritten: set[int] | frozenset[int] = frozenset()) -> 
         if isinstance(leaf, torch.Tensor) and leaf.layout == torch.strided:
             digest = UNWRITTEN
             if _storage(leaf) not in unwritten:
-                data = leaf.detach().cpu().contiguous().numpy().tobytes()
-                digest = hashlib.md5(data).hexdigest()
+                raw = leaf.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+                digest = hashlib.md5(raw.numpy().tobytes()).hexdigest()  # any dtype's bytes
             out.append([list(leaf.shape), str(leaf.dtype).removeprefix("torch."), digest])
     return out
 
@@ -126,16 +126,28 @@ def machine() -> dict[str, Any]:
 
     from pipeline.cpu_pin import _cpu_flags, kernel_settings
 
-    model = ""
+    cpu: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
-            model = next(
-                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), ""
-            )
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if not key:  # the first processor's block ends here
+                    break
+                if key in (
+                    "vendor_id",
+                    "model name",
+                    "cpu family",
+                    "model",
+                    "stepping",
+                    "cache size",
+                ):
+                    cpu[key] = value.strip()
     except OSError:
         pass
     return {
-        "cpu": model or platform.processor(),
+        "cpu": cpu.get("model name") or platform.processor(),
+        "cpuinfo": cpu,  # vendor, family, model, stepping, cache size: what kernels may key on
         "cpu_flags": sorted(f for f in _cpu_flags() if f.startswith(("avx", "fma", "amx"))),
         "python": platform.python_version(),
         "torch": torch.__version__,
