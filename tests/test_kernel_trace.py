@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from pipeline.tool import kernel_trace as kt
+from tests.conftest import REPO
 
 
 def _toy_trace(ops: int = 10_000, seed: int = 0) -> dict[str, Any]:
@@ -100,6 +101,44 @@ def test_compare_names_the_first_operation_that_parts(field: str, verdict: str) 
     text = kt.explain(result, a, b)
     line = text.splitlines()[1]
     assert line.startswith(f"{verdict}: ") and f"operation {i} of " in line
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_record_traces_the_registry_training_under_the_oneDNN_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, onednn: bool
+) -> None:
+    """``record`` wiring, with the data loading and the method's training stood in for: the
+    registry's ``train_method`` runs inside the trace, under the oneDNN setting asked for, and
+    the trace carries what it depends on."""
+    import stages._runtime as runtime
+    from pipeline.params import load_params
+    from pipeline.train import stream
+    from pipeline.train.methods import registry
+
+    seen: list[bool] = []
+
+    def fake_train(name: str, params: Any, data: Any, seed: int, state: Path, dev: Any) -> None:
+        seen.append(torch.backends.mkldnn.enabled)
+        w = torch.ones(2, 1, 3, 3)
+        for _ in range(100):
+            torch.nn.functional.conv2d(torch.ones(1, 1, 5, 5), w)
+
+    threads: list[int] = []
+    monkeypatch.setattr(registry, "train_method", fake_train)
+    monkeypatch.setattr(stream, "open_pairs", lambda *a: None)
+    monkeypatch.setattr(runtime, "setup_torch", threads.append)  # no global torch settings here
+    before = torch.backends.mkldnn.enabled
+    try:
+        trace = kt.record("cid", 2, REPO / "params.yaml", tmp_path, 5, onednn=onednn)
+    finally:
+        torch.backends.mkldnn.enabled = before
+    assert seen == [onednn] and len(trace["rows"]) == 5
+    assert threads == [load_params(REPO / "params.yaml").train.threads]
+    assert "convolution" in trace["rows"][-1]["op"]
+    inputs = trace["inputs"]
+    assert (inputs["method"], inputs["seed"], inputs["onednn"]) == ("cid", 2, onednn)
+    assert len(inputs["code"]) == len(inputs["params"]) == 16
+    assert trace["machine"]["threads"] >= 1 and "kernels" in trace["machine"]
 
 
 def test_record_refuses_a_folder_without_the_data(tmp_path: Path, capsys: Any) -> None:

@@ -158,9 +158,13 @@ def machine() -> dict[str, Any]:
     }
 
 
-def record(method: str, seed: int, params_file: Path, data: Path, ops: int) -> dict[str, Any]:
+def record(
+    method: str, seed: int, params_file: Path, data: Path, ops: int, onednn: bool = True
+) -> dict[str, Any]:
     """Train ``method`` (``seed``) as the ``train`` stage does, tracing its first ``ops``
-    operations; returns the trace (``machine``, ``rows``)."""
+    operations; returns the trace (``inputs``, ``machine``, ``rows``). ``onednn=False`` switches
+    oneDNN off first (``torch.backends.mkldnn``: convolutions then run through MKL's GEMM), to
+    tell its kernels from the rest."""
     import torch
 
     from pipeline.params import load_params
@@ -170,6 +174,7 @@ def record(method: str, seed: int, params_file: Path, data: Path, ops: int) -> d
 
     params = load_params(params_file)
     setup_torch(params.train.threads)
+    torch.backends.mkldnn.enabled = onednn  # type: ignore[assignment]
     pairs = open_pairs(
         data / "manifest/clips.parquet", data / "faces", data / "voice", ("train",), params.train
     )
@@ -183,7 +188,7 @@ def record(method: str, seed: int, params_file: Path, data: Path, ops: int) -> d
     return {
         "method": method,
         "seed": seed,
-        "inputs": recipe(params_file, data),
+        "inputs": {**recipe(params_file, data), "method": method, "seed": seed, "onednn": onednn},
         "machine": machine(),
         "rows": mode.rows,
     }
@@ -313,6 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--params", type=Path, default=Path("params.yaml"))
     r.add_argument("--data", type=Path, default=Path("data"), help="holds manifest, faces, voice")
     r.add_argument("--ops", type=int, default=DEFAULT_OPS, help="operations to record")
+    r.add_argument(
+        "--no-onednn", action="store_true", help="switch oneDNN off (convolutions through MKL)"
+    )
     r.add_argument("--out", type=Path, required=True)
     c = sub.add_parser("compare", help="where two traces part")
     c.add_argument("a", type=Path)
@@ -326,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{args.data / folder}: missing; run `dvc repro voice` first", file=sys.stderr
                 )
                 return 2
-        trace = record(args.method, args.seed, args.params, args.data, args.ops)
+        trace = record(args.method, args.seed, args.params, args.data, args.ops, not args.no_onednn)
         write_trace(trace, args.out)
         print(f"{args.out}: {len(trace['rows'])} operations of {args.method} (seed {args.seed})")
         return 0
