@@ -11,8 +11,9 @@ Shards are incremental and resumable:
   :func:`pipeline.lineage.source_digest`) and of the shard's clips (key, media path, kind, face
   folder, file size). Never the worker count.
 - **Reuse**: a shard whose Parquet file and result file (``<name>.json``: counts, failure rows,
-  flagged clips) both exist is done, and is not processed again; after a kill, a rerun does only
-  what was not finished. Every file is written to a hidden temporary name and renamed, so none is
+  flagged clips) both exist is done, and is not processed again; the result file is written as
+  soon as the shard's last task ends, so after a kill a rerun does only what was not finished.
+  Every file is written to a hidden temporary name and renamed, so none is
   ever half-written; hidden leftovers and shards no longer in the layout are removed.
   ``VOXFACE_RETRY_FAILED=1`` redoes the shards that hold failed clips (and only those).
 
@@ -38,7 +39,7 @@ from typing import Any
 
 import pandas as pd
 from prefect import task
-from prefect.futures import PrefectFuture
+from prefect.futures import as_completed
 
 from pipeline.atomic import atomic_path
 from pipeline.cpu_pin import kernel_settings
@@ -215,23 +216,30 @@ def _fan_out(
     # Largest first (shards hold up to twice shard_clips): the pool's last tasks are then small,
     # and no worker idles while another finishes a big one.
     futures = {
-        path: run_shard.submit(fn, part, str(root), cfg, str(path), decode_timeout_s())
-        for _, path, part in sorted(jobs, key=lambda job: -len(job[2]))
+        run_shard.submit(fn, part, str(root), cfg, str(path), decode_timeout_s()): (name, path)
+        for name, path, part in sorted(jobs, key=lambda job: -len(job[2]))
     }
-    submitted: list[tuple[str, list[tuple[Path, PrefectFuture[ShardResult]]]]] = [
-        (name, [(path, futures[path]) for shard, path, _ in jobs if shard == name]) for name in todo
-    ]
-    t0, done_clips, finished = time.perf_counter(), 0, 0
-    n_clips, n_tasks = sum(len(layout[n]) for n in todo), sum(len(t) for _, t in submitted)
-    for name, tasks in submitted:
+    # Each shard is finished (its parts merged, its result file written: done for a rerun) as
+    # soon as its last task ends, whatever the layout order; its parts' results are folded in
+    # part order, so the result file's bytes never depend on which task ended first.
+    parts_of: dict[str, list[Path]] = {}
+    for name, path, _ in jobs:
+        parts_of.setdefault(name, []).append(path)
+    ended: dict[Path, ShardResult] = {}
+    t0, done_clips = time.perf_counter(), 0
+    n_clips, n_tasks = sum(len(layout[n]) for n in todo), len(jobs)
+    for future in as_completed(list(futures)):
+        name, path = futures[future]
+        ended[path] = future.result()
+        done_clips += ended[path].counts["clips_in"]
+        progress(stage, done_clips, n_clips, len(ended), n_tasks, time.perf_counter() - t0)
+        if any(p not in ended for p in parts_of[name]):
+            continue
         res = ShardResult()
-        for _, f in tasks:
-            part: ShardResult = f.result()
-            _add(res, part)
-            done_clips, finished = done_clips + part.counts["clips_in"], finished + 1
-            progress(stage, done_clips, n_clips, finished, n_tasks, time.perf_counter() - t0)
-        if len(tasks) > 1:
-            merge_tables([path for path, _ in tasks], out_dir / f"{name}.parquet", spec)
+        for p in parts_of[name]:
+            _add(res, ended[p])
+        if len(parts_of[name]) > 1:
+            merge_tables(parts_of[name], out_dir / f"{name}.parquet", spec)
         _save_result(out_dir / f"{name}.json", res)  # last: the shard is done
         results[name] = res
     # Hidden files (merged parts, a lost worker's temporary file) and shards of clips no longer

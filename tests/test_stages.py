@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -162,6 +163,43 @@ def _record_size(
 @flow
 def _sizes_flow(clips: list[ClipRef], out: str) -> None:
     _fan_out("sizes", _record_size, clips, 6, Path(out), {}, Path(out), FAILURES)
+
+
+def _first_waits_for_another(
+    clips: list[ClipRef], root: Path, cfg: object, out: Path, timeout_s: float
+) -> ShardResult:
+    """The layout's first shard ends only once another shard's result file is there (or after
+    20 s); every other shard ends at once."""
+    res = ShardResult()
+    if clips[0].clip_key == "id/000":
+        deadline = time.monotonic() + 20
+        while not list(out.parent.glob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        res.counts["saw_another_done"] = len(list(out.parent.glob("*.json")))
+    write_table(pd.DataFrame(columns=FAILURES.schema.names), out, FAILURES)
+    return res
+
+
+@flow
+def _waiting_flow(clips: list[ClipRef], out: str) -> Counter[str]:
+    return _fan_out("wait", _first_waits_for_another, clips, 6, Path(out), {}, Path(out), FAILURES)[
+        0
+    ]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_shard_is_done_when_its_tasks_end_not_in_layout_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard that ends while one before it in the layout still runs gets its result file at
+    once (a kill then would not make a rerun redo it)."""
+    monkeypatch.setenv("VOXFACE_RUNNER", "thread")
+    monkeypatch.setenv("VOXFACE_WORKERS", "2")
+    clips = [ClipRef(f"id/{i:03d}", f"{i}.mp4", "video", None) for i in range(30)]
+    assert shards(clips, 6)[0][0].clip_key == "id/000" and len(shards(clips, 6)) > 2
+    counts = _waiting_flow.with_options(task_runner=task_runner())(clips, str(tmp_path / "out"))
+    assert counts["saw_another_done"] >= 1
+    assert len(list((tmp_path / "out").glob("*.json"))) == len(shards(clips, 6))
 
 
 @pytest.mark.usefixtures("prefect_server")
