@@ -25,6 +25,31 @@ def test_stage_startup_help_names_its_phases(capsys: pytest.CaptureFixture[str])
 
 
 @pytest.mark.realdata
+def test_field_faces_reports_the_frames_each_side_sampled() -> None:
+    """The clip-s/s ratio and, beside it, the sampled-frames-per-second ratio (the sides sample
+    different frame counts at the same rate)."""
+    base = field_faces.summarise(
+        {"wall_s": 20.0, "frames_sampled": 600, "frames_with_face": 590, "extractor": "x"}, 600.0
+    )
+    stage = field_faces.summarise(
+        {
+            "wall_s": 10.0,
+            "frames_sampled": 500,
+            "frames_with_face": 490,
+            "flow_wall_s": 5.0,
+            "prefect": "p",
+        },
+        600.0,
+    )
+    assert (base["frames_per_s"], stage["frames_per_s"]) == (30.0, 50.0)
+    r = {"clips": 2, "distinct_files": 1, "media_s": 600.0, "workers": 2}
+    r |= {"baseline": base, "stage": stage, "stage_vs_baseline_clip_s_per_s": 2.0}
+    r["stage_vs_baseline_frames_per_s"] = 1.67
+    lines = field_faces.report_lines("synth", r)
+    assert lines[-2] == "  stage / field-style clip-s/s: 2.00x"
+    assert lines[-1] == "  stage / field-style sampled frames/s: 1.67x (500 against 600 frames)"
+
+
 def test_real_set_repeats_files_under_distinct_names(realdata: Path, tmp_path: Path) -> None:
     sources = field_faces.real_sources(realdata)[:2]
     clips = field_faces.cycle_clips(sources, 3)
