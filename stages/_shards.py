@@ -44,8 +44,7 @@ from prefect.futures import as_completed
 from pipeline.atomic import atomic_path
 from pipeline.cpu_pin import kernel_settings
 from pipeline.lineage import source_digest
-from pipeline.preprocess.isolate import prestart as prestart_decoders
-from pipeline.preprocess.shards import ClipRef, ShardResult, clip_refs
+from pipeline.preprocess.shards import ClipRef, ShardResult, clip_refs, prestart_decoders
 from pipeline.schema import (
     FAILURES,
     MANIFEST,
@@ -65,9 +64,6 @@ from stages._runtime import (
     write_json,
     write_timing,
 )
-
-#: What a decoder process imports as it starts (pipeline.preprocess.media imports decord lazily).
-DECODERS = ("decord", "pipeline.preprocess.media")
 
 
 def decode_timeout_s() -> float:
@@ -208,11 +204,12 @@ def _fan_out(
     todo = [name for name in layout if name not in results]
     units = work_units([layout[n] for n in todo], workers())
     jobs: list[tuple[str, Path, list[ClipRef]]] = []  # (shard, file, clips) per task
+    parts_of: dict[str, list[Path]] = {}  # each shard's task files, in part order
     for name, parts in zip(todo, units, strict=True):
-        paths = [out_dir / f"{name}.parquet"] if len(parts) == 1 else [
+        parts_of[name] = [out_dir / f"{name}.parquet"] if len(parts) == 1 else [
             out_dir / f".{name}.part{j:03d}.parquet" for j in range(len(parts))
         ]  # fmt: skip
-        jobs += [(name, path, part) for path, part in zip(paths, parts, strict=True)]
+        jobs += [(name, path, part) for path, part in zip(parts_of[name], parts, strict=True)]
     # Largest first (shards hold up to twice shard_clips): the pool's last tasks are then small,
     # and no worker idles while another finishes a big one.
     futures = {
@@ -222,9 +219,6 @@ def _fan_out(
     # Each shard is finished (its parts merged, its result file written: done for a rerun) as
     # soon as its last task ends, whatever the layout order; its parts' results are folded in
     # part order, so the result file's bytes never depend on which task ended first.
-    parts_of: dict[str, list[Path]] = {}
-    for name, path, _ in jobs:
-        parts_of.setdefault(name, []).append(path)
     ended: dict[Path, ShardResult] = {}
     t0, done_clips = time.perf_counter(), 0
     n_clips, n_tasks = sum(len(layout[n]) for n in todo), len(jobs)
@@ -311,7 +305,8 @@ def run_stage(
     """The command line of a preprocessing stage ``name`` (params section ``section``): run
     ``flow(manifest, root, params, out)``, write the report, fail past the failure threshold.
     ``warm(section params)`` (load models, import torch) runs while the Prefect server starts, as
-    does the start of the decoder processes (one per worker thread, :data:`DECODERS` imported)."""
+    does the start of the decoder processes (one per worker thread,
+    :func:`pipeline.preprocess.shards.prestart_decoders`)."""
     ap = argparse.ArgumentParser(description=doc)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--manifest", default="data/manifest/clips.parquet")
@@ -324,7 +319,7 @@ def run_stage(
 
     def meanwhile() -> None:  # while the Prefect server starts
         if runner_kind() == "thread":  # decoders for the pool's threads (workers start their own)
-            prestart_decoders(workers(), decode_timeout_s(), DECODERS)
+            prestart_decoders(workers(), decode_timeout_s())
         if warm is not None:
             warm(p)
 

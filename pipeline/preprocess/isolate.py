@@ -198,6 +198,13 @@ _idle: dict[float, list[Isolated]] = {}
 _idle_lock = threading.Lock()
 
 
+def _kept(iso: Isolated) -> Isolated:
+    """``iso``, closed when the process exits (the children :func:`lease` hands out are kept
+    across callers)."""
+    atexit.register(iso.close)
+    return iso
+
+
 @contextlib.contextmanager
 def lease(timeout_s: float) -> Iterator[Isolated]:
     """A child for one caller at a time: an idle one of this timeout (prestarted, or given back
@@ -208,8 +215,7 @@ def lease(timeout_s: float) -> Iterator[Isolated]:
         pool = _idle.setdefault(timeout_s, [])
         iso = pool.pop() if pool else None
     if iso is None:
-        iso = Isolated(timeout_s)
-        atexit.register(iso.close)
+        iso = _kept(Isolated(timeout_s))
     done = False
     try:
         yield iso
@@ -226,12 +232,9 @@ def prestart(n: int, timeout_s: float, preload: tuple[str, ...]) -> None:
     """Start ``n`` idle children for :func:`lease` now, each importing the modules ``preload``
     (the decoders) as it starts: a stage does this while its Prefect server starts, so its first
     shards do not wait for their decoder's interpreter and imports. Returns without waiting."""
-    started = []
-    for _ in range(n):
-        iso = Isolated(timeout_s, preload)
+    started = [_kept(Isolated(timeout_s, preload)) for _ in range(n)]
+    for iso in started:
         iso._ensure()
-        atexit.register(iso.close)
-        started.append(iso)
     with _idle_lock:
         _idle.setdefault(timeout_s, []).extend(started)
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from pipeline.preprocess.isolate import CallTimeout, ChildDied, lease
+from pipeline.preprocess.isolate import CallTimeout, ChildDied, lease, prestart
 from pipeline.preprocess.media import MediaError
 
 T = TypeVar("T")
@@ -58,6 +58,17 @@ def clip_refs(manifest: pd.DataFrame) -> list[ClipRef]:
         ClipRef(r.clip_key, r.media_path, r.media_kind, r.face_dir, int(r.size_bytes))
         for r in manifest.itertuples(index=False)
     ]
+
+
+#: What a decoder child imports as it starts when prestarted (:func:`prestart_decoders`):
+#: :mod:`pipeline.preprocess.media` imports decord lazily.
+DECODERS = ("decord", "pipeline.preprocess.media")
+
+
+def prestart_decoders(n: int, timeout_s: float) -> None:
+    """Start ``n`` decoder children for :func:`decode_each` now, :data:`DECODERS` imported
+    (:func:`pipeline.preprocess.isolate.prestart`); returns without waiting."""
+    prestart(n, timeout_s, DECODERS)
 
 
 def decode_each(

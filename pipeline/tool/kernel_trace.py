@@ -64,11 +64,10 @@ def describe(value: Any, unwritten: set[int] | frozenset[int] = frozenset()) -> 
     in order (other leaves are left out); :data:`UNWRITTEN` for a tensor whose storage is in
     ``unwritten`` (its bytes are whatever the allocator left there)."""
     import torch
-    from torch.utils._pytree import tree_leaves
 
     out = []
-    for leaf in tree_leaves(value):
-        if isinstance(leaf, torch.Tensor) and leaf.layout == torch.strided:
+    for leaf in _tensors(value):
+        if leaf.layout == torch.strided:
             digest = UNWRITTEN
             if _storage(leaf) not in unwritten:
                 raw = leaf.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
@@ -186,8 +185,6 @@ def record(
         except _Enough:
             pass
     return {
-        "method": method,
-        "seed": seed,
         "inputs": {**recipe(params_file, data), "method": method, "seed": seed, "onednn": onednn},
         "machine": machine(),
         "rows": mode.rows,
