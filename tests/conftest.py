@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -56,14 +61,59 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
+_SESSION_SERVER: list[tuple[Any, str]] = []  # (stages._server.Server, its PREFECT_HOME)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One Prefect server for the whole run, started by the controlling process before
+    pytest-xdist starts its workers, which inherit its URL (``PREFECT_API_URL``, marked temporary
+    as ``stages.run`` marks its own: flows run without heartbeats). One server per worker cost a
+    second start-up (15.5 CPU-s here, most of it migrating a fresh database) and a second idle
+    server (about 2 % of a core). It stops with the run, or by itself if the run is killed
+    (:mod:`stages._server`). A ``PREFECT_API_URL`` already set is used as it is."""
+    if hasattr(config, "workerinput") or os.environ.get("PREFECT_API_URL"):
+        return
+    from stages._runtime import TEMPORARY_API
+    from stages._server import Server
+
+    home = os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="voxface-test-prefect-")
+    server = Server()
+    _SESSION_SERVER.append((server, home))
+    # Not waited for here: it comes up while the workers start and collect (prefect_server).
+    os.environ["PREFECT_API_URL"] = os.environ[TEMPORARY_API] = server.api_url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for server, home in _SESSION_SERVER:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+    _SESSION_SERVER.clear()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _prefect_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """This worker's Prefect home (its client's files), and the session's server answering
+    before the first test runs (:func:`pytest_configure` does not wait for it)."""
+    from stages._server import startup_timeout_s
+
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    url = os.environ.get("PREFECT_API_URL")
+    deadline = time.monotonic() + startup_timeout_s()
+    while url:  # pytest_configure's server: wait until it answers
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as reply:
+                if reply.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"the session's Prefect server at {url} did not answer")
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")
 def prefect_server(_prefect_home: None) -> Iterator[str]:
-    """One Prefect server for the test session (each xdist worker has its own), as ``python -m
+    """The test session's Prefect server (:func:`pytest_configure` started it), as ``python -m
     stages.run`` gives one to a whole ``dvc repro``: its URL is in ``PREFECT_API_URL``, so flows
     run here and stage processes started by tests (``stages.run`` included) use it instead of
     starting a temporary server apiece (5-10 s each, its database migrated afresh the first
