@@ -61,6 +61,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
+#: Set (to its URL) for the workers when the controlling process started the session's server.
+_SESSION_URL = "VOXFACE_TEST_SESSION_SERVER"
 _SESSION_SERVER: list[tuple[Any, str]] = []  # (stages._server.Server, its PREFECT_HOME)
 
 
@@ -70,8 +72,13 @@ def pytest_configure(config: pytest.Config) -> None:
     as ``stages.run`` marks its own: flows run without heartbeats). One server per worker cost a
     second start-up (15.5 CPU-s here, most of it migrating a fresh database) and a second idle
     server (about 2 % of a core). It stops with the run, or by itself if the run is killed
-    (:mod:`stages._server`). A ``PREFECT_API_URL`` already set is used as it is."""
-    if hasattr(config, "workerinput") or os.environ.get("PREFECT_API_URL"):
+    (:mod:`stages._server`). A ``PREFECT_API_URL`` already set is used as it is; a run without
+    workers (no ``-n``: one file, ``make test-fast``) starts one only if a test asks for it
+    (:func:`prefect_server`), as before."""
+    workers = (
+        config.getoption("numprocesses", None) if config.pluginmanager.has_plugin("xdist") else None
+    )
+    if hasattr(config, "workerinput") or os.environ.get("PREFECT_API_URL") or not workers:
         return
     from stages._runtime import TEMPORARY_API
     from stages._server import Server
@@ -81,6 +88,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _SESSION_SERVER.append((server, home))
     # Not waited for here: it comes up while the workers start and collect (prefect_server).
     os.environ["PREFECT_API_URL"] = os.environ[TEMPORARY_API] = server.api_url
+    os.environ[_SESSION_URL] = server.api_url
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -97,7 +105,7 @@ def _prefect_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     from stages._server import startup_timeout_s
 
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
-    url = os.environ.get("PREFECT_API_URL")
+    url = os.environ.get(_SESSION_URL)
     deadline = time.monotonic() + startup_timeout_s()
     while url:  # pytest_configure's server: wait until it answers
         try:
