@@ -86,7 +86,7 @@ def pytest_configure(config: pytest.Config) -> None:
     home = os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="voxface-test-prefect-")
     server = Server()
     _SESSION_SERVER.append((server, home))
-    # Not waited for here: it comes up while the workers start and collect (prefect_server).
+    # Not waited for here: it comes up while the workers start and collect (_prefect_home waits).
     os.environ["PREFECT_API_URL"] = os.environ[TEMPORARY_API] = server.api_url
     os.environ[_SESSION_URL] = server.api_url
 
