@@ -75,9 +75,7 @@ def pytest_configure(config: pytest.Config) -> None:
     (:mod:`stages._server`). A ``PREFECT_API_URL`` already set is used as it is; a run without
     workers (no ``-n``: one file, ``make test-fast``) starts one only if a test asks for it
     (:func:`prefect_server`), as before."""
-    workers = (
-        config.getoption("numprocesses", None) if config.pluginmanager.has_plugin("xdist") else None
-    )
+    workers = config.getoption("numprocesses", None)  # None without pytest-xdist
     if hasattr(config, "workerinput") or os.environ.get("PREFECT_API_URL") or not workers:
         return
     from stages._runtime import TEMPORARY_API

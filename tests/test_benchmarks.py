@@ -24,7 +24,6 @@ def test_stage_startup_help_names_its_phases(capsys: pytest.CaptureFixture[str])
     assert all(phase in out for phase in ("imports", "warm", "server up", "flow body"))
 
 
-@pytest.mark.realdata
 def test_field_faces_reports_the_frames_each_side_sampled() -> None:
     """The clip-s/s ratio and, beside it, the sampled-frames-per-second ratio (the sides sample
     different frame counts at the same rate)."""
@@ -50,6 +49,7 @@ def test_field_faces_reports_the_frames_each_side_sampled() -> None:
     assert lines[-1] == "  stage / field-style sampled frames/s: 1.67x (500 against 600 frames)"
 
 
+@pytest.mark.realdata
 def test_real_set_repeats_files_under_distinct_names(realdata: Path, tmp_path: Path) -> None:
     sources = field_faces.real_sources(realdata)[:2]
     clips = field_faces.cycle_clips(sources, 3)

@@ -182,9 +182,10 @@ def _first_waits_for_another(
 
 @flow
 def _waiting_flow(clips: list[ClipRef], out: str) -> Counter[str]:
-    return _fan_out("wait", _first_waits_for_another, clips, 6, Path(out), {}, Path(out), FAILURES)[
-        0
-    ]
+    counts, *_ = _fan_out(
+        "wait", _first_waits_for_another, clips, 6, Path(out), {}, Path(out), FAILURES
+    )
+    return counts
 
 
 @pytest.mark.usefixtures("prefect_server")
