@@ -151,7 +151,8 @@ def _same_as_facenet(videos: list[Path], fraction: float) -> int:
 def test_the_detector_finds_facenet_pytorchs_faces_to_the_bit(
     small_corpus: tuple[Path, pd.DataFrame, pd.DataFrame],
 ) -> None:
-    """The detector's faster pooling (channels-last) changes no box, probability or landmark."""
+    """The cascade of pipeline.preprocess.mtcnn (its own driver, faster pooling and crops)
+    changes no box, probability or landmark of facenet-pytorch's detect_face."""
     root, clips, _ = small_corpus
     videos = [root / p for p in sorted(clips.path)[:6]]
     assert _same_as_facenet(videos, 0.0) > 0 and _same_as_facenet(videos, 0.4) > 0

@@ -1,16 +1,15 @@
-"""Thin adapter around facenet-pytorch's MTCNN: batched detection on RGB frames.
+"""The faces stage's detector: MTCNN (facenet-pytorch's trained weights) on batches of RGB frames.
 
-facenet-pytorch's ``detect`` returns object arrays (``None`` where no face was found); this
-adapter returns plain float arrays per frame instead. The MTCNN weights ship in the wheel, so no
-download happens here. torch and facenet-pytorch load when a detector is made, not on import (a
-stage starts its Prefect server meanwhile).
+The cascade is :mod:`pipeline.preprocess.mtcnn`; this module holds its settings and returns
+plain float arrays per frame. The MTCNN weights ship in the facenet-pytorch wheel, so no download
+happens here. torch loads when a detector is made, not on import (a stage starts its Prefect
+server meanwhile).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -56,24 +55,16 @@ class Detections:
 class FaceDetector:
     """MTCNN on the CPU or the device given; frames are (K, H, W, 3) uint8 RGB arrays.
 
-    Calls facenet-pytorch's ``detect_face`` (what ``MTCNN.detect`` runs) with the smallest face
-    for the frames' size; one detector may serve several threads."""
+    Runs :func:`pipeline.preprocess.mtcnn.detect` (facenet-pytorch's trained nets, its
+    ``detect_face`` arithmetic, neither facenet-pytorch nor torchvision imported) with the
+    smallest face for the frames' size; one detector may serve several threads."""
 
     def __init__(self, cfg: DetectorConfig, device: str = "cpu") -> None:
-        from facenet_pytorch import MTCNN
+        from pipeline.preprocess import mtcnn
 
         self.cfg = cfg
-        self._mtcnn = MTCNN(
-            min_face_size=cfg.min_face_size_px,
-            thresholds=list(cfg.thresholds),
-            factor=cfg.factor,
-            keep_all=True,
-            select_largest=False,
-            post_process=False,
-            device=device,
-        )
-        for net in (self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet):
-            _pool_channels_last(net)
+        self.device = device
+        self._nets = mtcnn.load_nets(device)
 
     def detect(self, frames: np.ndarray) -> list[Detections]:
         """Detect faces in each frame (all frames must share one size), ``cfg.batch_size`` frames
@@ -81,51 +72,25 @@ class FaceDetector:
         float bits (candidate boxes of the whole batch go through R-Net and O-Net together), so
         callers that need a clip's results to be its own pass one clip at a time."""
         import torch
-        from facenet_pytorch.models.utils.detect_face import detect_face
+
+        from pipeline.preprocess import mtcnn
 
         out: list[Detections] = []
-        m = self._mtcnn
-        min_face = self.cfg.min_face_for(*frames.shape[1:3])  # not set on m: threads share it
+        min_face = self.cfg.min_face_for(*frames.shape[1:3])
         for i in range(0, len(frames), self.cfg.batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(frames[i : i + self.cfg.batch_size]))
             with torch.inference_mode():
-                boxes, points = detect_face(
-                    batch, min_face, m.pnet, m.rnet, m.onet, m.thresholds, m.factor, m.device
-                )
-            for b, lm in zip(boxes, points, strict=True):
-                b = np.asarray(b, dtype=np.float64).reshape(-1, 5)
+                found = mtcnn.detect(
+                    batch.to(self.device), min_face, self._nets, self.cfg.thresholds,
+                    self.cfg.factor,
+                )  # fmt: skip
+            for b, lm in found:
+                b = b.astype(np.float64).reshape(-1, 5)
                 out.append(
                     Detections(
                         np.ascontiguousarray(b[:, :4]),
                         b[:, 4].copy(),
-                        np.asarray(lm, dtype=np.float64).reshape(-1, 5, 2),
+                        lm.astype(np.float64).reshape(-1, 5, 2),
                     )
                 )
         return out
-
-
-def _pool_channels_last(net: Any) -> None:
-    """Run each max-pooling layer of ``net`` on channels-last memory: the same maxima to the bit
-    (a maximum does not depend on the order it is taken in), 3-4x faster than torch's NCHW
-    pooling on the CPU for R-Net's and O-Net's batches of candidate crops, where pooling took
-    about a third of MTCNN's time. The output keeps the input's layout, so every later layer
-    runs the kernels it ran before (a convolution's last bits depend on the layout: P-Net's
-    input, a view of the frames, is channels-last already and is left as it is)."""
-    import torch
-    from torch import nn
-
-    def channels_last(pool: nn.MaxPool2d) -> Callable[[torch.Tensor], torch.Tensor]:
-        plain = pool.forward
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            if x.is_contiguous(memory_format=torch.channels_last):
-                out: torch.Tensor = plain(x)
-                return out
-            out = plain(x.contiguous(memory_format=torch.channels_last))
-            return out.contiguous()
-
-        return forward
-
-    for layer in net.modules():
-        if isinstance(layer, nn.MaxPool2d):
-            layer.forward = channels_last(layer)  # type: ignore[method-assign,assignment]
