@@ -1,6 +1,8 @@
-"""Pin the numeric code paths that libraries choose by CPU, so every stage writes the same bytes
-on any x86-64 machine (README, "Reproducibility across machines"): the data stages' media and
-features, and the training stages' weights (with the thread count fixed by ``train.threads``).
+"""Pin the numeric code paths that libraries choose by CPU, so that the stages write the same
+bytes on other x86-64 machines with AVX2 (README, "Reproducibility across machines"). Checked:
+the data stages' media and features on Intel and AMD machines; the training stages' weights
+(with the thread count fixed by ``train.threads``) across Intel machines, but not from an Intel
+to an AMD machine, where training differs from its first epoch for a cause not found yet.
 
 numpy, FFmpeg, PyTorch, oneDNN and MKL each pick SIMD kernels at run time from the CPU's
 features (AVX2, FMA3, AVX-512 ...). The kernels agree to the last bit or two, not exactly: a

@@ -64,6 +64,15 @@ def startup_timeout_s() -> float:
     return float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
 
 
+def answers(api_url: str) -> bool:
+    """Whether the Prefect API at ``api_url`` answers its health check now."""
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=5) as reply:
+            return bool(reply.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
 class Server:
     """One temporary Prefect server subprocess: :meth:`wait` until it answers, :meth:`stop`."""
 
@@ -108,12 +117,8 @@ class Server:
                 continue
             if code is not None:
                 raise RuntimeError(f"the temporary Prefect server exited with status {code}")
-            try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=5) as reply:
-                    if reply.status == 200:
-                        return self.api_url
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
+            if answers(self.api_url):
+                return self.api_url
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(

@@ -6,7 +6,6 @@ import os
 import shutil
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,18 +99,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def _prefect_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     """This worker's Prefect home (its client's files), and the session's server answering
     before the first test runs (:func:`pytest_configure` does not wait for it)."""
-    from stages._server import startup_timeout_s
+    from stages._server import answers, startup_timeout_s
 
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
     url = os.environ.get(_SESSION_URL)
     deadline = time.monotonic() + startup_timeout_s()
-    while url:  # pytest_configure's server: wait until it answers
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as reply:
-                if reply.status == 200:
-                    break
-        except OSError:
-            pass
+    while url and not answers(url):  # pytest_configure's server: wait until it answers
         if time.monotonic() > deadline:
             pytest.fail(f"the session's Prefect server at {url} did not answer")
         time.sleep(0.1)

@@ -226,6 +226,11 @@ def _running(pid: int) -> bool:
         return False
 
 
+def test_answers_tells_a_serving_api_from_a_closed_port(prefect_server: str) -> None:
+    assert _server.answers(prefect_server)
+    assert not _server.answers(f"http://127.0.0.1:{_server.free_port()}/api")
+
+
 def test_a_killed_command_leaves_no_temporary_server_behind() -> None:
     """SIGKILL runs no ``atexit`` handler: the server stops by itself once its parent is gone."""
     code = (
