@@ -24,7 +24,7 @@ memory (a maximum does not depend on the order it is taken in); the R-Net and O-
 resampled from a channels-first copy of the frames (area resampling takes the same sums in the
 same order on either layout, and is 2-3x faster on contiguous rows) and handed to the nets in
 the channels-last layout ``detect_face`` gives them (a convolution's last bits depend on it);
-NMS is torchvision's greedy algorithm on a matrix of IoUs computed as its kernel does (float32,
+NMS is torchvision's greedy algorithm with IoUs computed as its kernel computes them (float32,
 the same operations), compared in double precision as it compares them.
 """
 
@@ -153,24 +153,27 @@ def load_nets(device: str = "cpu") -> tuple[PNet, RNet, ONet]:
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Greedy NMS as torchvision's CPU kernel runs it: boxes by descending score (torch's sort),
-    each kept box suppresses later boxes whose IoU with it exceeds ``threshold``. IoUs are
-    float32, computed with the kernel's operations; the comparison is in double, as its is."""
+    """Greedy NMS as torchvision's CPU kernel runs it: boxes by descending score, ties in index
+    order (a stable sort: the order the kernel's sort gives, ``tests/test_mtcnn.py``); each kept
+    box suppresses the boxes whose IoU with it exceeds ``threshold``. IoUs are float32, computed
+    with the kernel's operations in its order; the comparison is in double, as the kernel's is.
+    One kept box's IoUs at a time: memory grows with the boxes, not with their square (P-Net
+    finds tens of thousands of windows on a large frame when small faces are searched for)."""
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64)
-    x1, y1, x2, y2 = (boxes[:, k].contiguous() for k in range(4))
+    x1, y1, x2, y2 = (boxes[:, k].contiguous().numpy() for k in range(4))
     areas = (x2 - x1) * (y2 - y1)
     order = scores.sort(dim=0, descending=True, stable=True)[1].numpy()
-    w = torch.clamp_min(torch.minimum(x2[:, None], x2) - torch.maximum(x1[:, None], x1), 0)
-    h = torch.clamp_min(torch.minimum(y2[:, None], y2) - torch.maximum(y1[:, None], y1), 0)
-    inter = w * h
-    over = ((inter / (areas[:, None] + areas[None, :] - inter)).double() > threshold).numpy()
     suppressed = np.zeros(len(order), dtype=bool)
     keep = []
     for i in order:
-        if not suppressed[i]:
-            keep.append(i)
-            suppressed |= over[i]
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        w = np.maximum(np.minimum(x2[i], x2) - np.maximum(x1[i], x1), np.float32(0))
+        h = np.maximum(np.minimum(y2[i], y2) - np.maximum(y1[i], y1), np.float32(0))
+        inter = w * h
+        suppressed |= (inter / (areas[i] + areas - inter)).astype(np.float64) > threshold
     return torch.as_tensor(np.array(keep, dtype=np.int64))
 
 
