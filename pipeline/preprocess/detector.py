@@ -53,18 +53,18 @@ class Detections:
 
 
 class FaceDetector:
-    """MTCNN on the CPU or the device given; frames are (K, H, W, 3) uint8 RGB arrays.
+    """MTCNN on the CPU; frames are (K, H, W, 3) uint8 RGB arrays (the cascade sorts and
+    filters candidate boxes with numpy between its nets, so it runs where numpy does).
 
     Runs :func:`pipeline.preprocess.mtcnn.detect` (facenet-pytorch's trained nets, its
     ``detect_face`` arithmetic, neither facenet-pytorch nor torchvision imported) with the
     smallest face for the frames' size; one detector may serve several threads."""
 
-    def __init__(self, cfg: DetectorConfig, device: str = "cpu") -> None:
+    def __init__(self, cfg: DetectorConfig) -> None:
         from pipeline.preprocess import mtcnn
 
         self.cfg = cfg
-        self.device = device
-        self._nets = mtcnn.load_nets(device)
+        self._nets = mtcnn.load_nets()
 
     def detect(self, frames: np.ndarray) -> list[Detections]:
         """Detect faces in each frame (all frames must share one size), ``cfg.batch_size`` frames
@@ -81,9 +81,8 @@ class FaceDetector:
             batch = torch.from_numpy(np.ascontiguousarray(frames[i : i + self.cfg.batch_size]))
             with torch.inference_mode():
                 found = mtcnn.detect(
-                    batch.to(self.device), min_face, self._nets, self.cfg.thresholds,
-                    self.cfg.factor,
-                )  # fmt: skip
+                    batch, min_face, self._nets, self.cfg.thresholds, self.cfg.factor
+                )
             for b, lm in found:
                 b = b.astype(np.float64).reshape(-1, 5)
                 out.append(

@@ -134,18 +134,19 @@ class ONet(nn.Module):
         return self.dense6_2(x), self.dense6_3(x), self.softmax6_1(self.dense6_1(x))
 
 
-def load_nets(device: str = "cpu") -> tuple[PNet, RNet, ONet]:
-    """The three nets with facenet-pytorch's trained weights, in eval mode."""
+def load_nets() -> tuple[PNet, RNet, ONet]:
+    """The three nets with facenet-pytorch's trained weights, in eval mode, on the CPU (the
+    cascade between them runs on numpy)."""
     folder = weights_dir()
     nets = (PNet(), RNet(), ONet())
     for net, name in zip(nets, ("pnet", "rnet", "onet"), strict=True):
         path = folder / f"{name}.pt"
         try:
-            state = torch.load(path, map_location=device, weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError) as e:
             raise RuntimeError(f"{path}: cannot load MTCNN weights: {e}") from e
         net.load_state_dict(state)
-        net.to(device).eval()
+        net.eval()
     return nets
 
 
