@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -98,16 +99,38 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _prefect_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     """This worker's Prefect home (its client's files), and the session's server answering
-    before the first test runs (:func:`pytest_configure` does not wait for it)."""
+    before the first test runs (:func:`pytest_configure` does not wait for it).
+
+    The home gets a copy of the session server's database, migrated by then: the temporary
+    servers that tests start here (``prefect_api()``, stage commands run without
+    ``PREFECT_API_URL``) then open a database at Prefect's schema instead of migrating a new one
+    (measured here: 5.9 CPU-s to answer on a copy, 15.1 on an empty home)."""
     from stages._server import answers, startup_timeout_s
 
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    session_home = os.environ.get("PREFECT_HOME")
+    home = tmp_path_factory.mktemp("prefect-home")
+    os.environ["PREFECT_HOME"] = str(home)
     url = os.environ.get(_SESSION_URL)
     deadline = time.monotonic() + startup_timeout_s()
     while url and not answers(url):  # pytest_configure's server: wait until it answers
         if time.monotonic() > deadline:
             pytest.fail(f"the session's Prefect server at {url} did not answer")
         time.sleep(0.1)
+    if url and session_home and (Path(session_home) / "prefect.db").is_file():
+        copy_database(Path(session_home) / "prefect.db", home / "prefect.db")
+
+
+def copy_database(src: Path, dest: Path) -> None:
+    """A consistent copy of the SQLite database ``src`` (in use by a server) at ``dest``:
+    SQLite's online backup, which copies committed pages only, whatever the server writes
+    meanwhile."""
+    import sqlite3
+
+    with (
+        contextlib.closing(sqlite3.connect(src)) as a,
+        contextlib.closing(sqlite3.connect(dest)) as b,
+    ):
+        a.backup(b)
 
 
 @pytest.fixture(scope="session")
