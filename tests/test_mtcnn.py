@@ -96,3 +96,11 @@ def test_a_frame_without_candidates_has_no_faces() -> None:
     with torch.inference_mode():
         found = mtcnn.detect(frames, 40, mtcnn.load_nets(), (0.6, 0.7, 0.7), 0.709)
     assert [(b.shape, p.shape) for b, p in found] == [((0, 5), (0, 5, 2))] * 3
+
+
+def test_a_frame_smaller_than_the_smallest_face_has_no_faces() -> None:
+    """No pyramid level fits (the shorter side 32 px, faces from 40 px): no faces, no error."""
+    frames = torch.full((2, 32, 48, 3), 128, dtype=torch.uint8)
+    with torch.inference_mode():
+        found = mtcnn.detect(frames, 40, mtcnn.load_nets(), (0.6, 0.7, 0.7), 0.709)
+    assert [(b.shape, p.shape) for b, p in found] == [((0, 5), (0, 5, 2))] * 2

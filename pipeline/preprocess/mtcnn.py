@@ -330,6 +330,9 @@ def _propose(
     while side >= 12:
         scales.append(scale)
         scale, side = scale * factor, side * factor
+    if not scales:  # a frame smaller than the smallest face searched for holds none (facenet-
+        # pytorch's detect_face fails here instead, concatenating an empty list)
+        return torch.zeros(0, 5), torch.zeros(0, dtype=torch.long)
     rows, frames, picks, offset = [], [], [], 0
     for scale in scales:
         level = interpolate(imgs, size=(int(h * scale + 1), int(w * scale + 1)), mode=AREA)
