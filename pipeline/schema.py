@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -194,6 +195,17 @@ VOICE_FEATURES = TableSchema(
     ),
     sort_by=("clip_key",),
 )
+
+
+def features_of(row: pd.Series) -> np.ndarray:
+    """Decode a VOICE_FEATURES row's ``features_f16`` into (n_frames, n_bins) float32.
+
+    Here, beside the table's schema, rather than with the voice stage that writes it: the modules
+    that read voice features (training pairs, embedding) then import neither decoding, VAD nor
+    the shard machinery, and DVC does not rerun their stages when those change."""
+    arr = np.frombuffer(row["features_f16"], dtype="<f2").astype(np.float32)
+    return arr.reshape(int(row["n_frames"]), int(row["n_bins"]))
+
 
 FAILURES = TableSchema(
     name="failures",

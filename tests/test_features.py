@@ -15,11 +15,10 @@ from pipeline.preprocess.vad import VadConfig
 from pipeline.preprocess.voice_features import (
     FeatureConfig,
     VoiceConfig,
-    features_of,
     log_mel,
     voice_shard,
 )
-from pipeline.schema import VOICE_FEATURES, read_table
+from pipeline.schema import VOICE_FEATURES, features_of, read_table
 from tests.test_media import _video_only
 
 FBANK = FeatureConfig("fbank", 64, 25.0, 10.0, True)

@@ -1,4 +1,4 @@
-"""DVC lineage: every stage depends on every project module its command imports.
+"""DVC lineage: every stage depends on every project module its command imports, and on no other.
 
 The imports are read from the source (``import pipeline.x`` / ``from pipeline.x import y``,
 anywhere in a module, followed transitively), so an edit to any module a stage runs makes that
@@ -73,6 +73,17 @@ def test_stage_deps_cover_the_code_it_runs(
     assert not missing, f"dvc.yaml stage {stage!r} runs {missing} but does not depend on them"
 
 
+@pytest.mark.parametrize("stage", sorted({s[0] for s in STAGES}))
+def test_stage_deps_name_no_code_the_stage_does_not_run(stage: str) -> None:
+    """The other direction: every code file in a stage's deps is one its command runs, so an
+    edit elsewhere (the shard machinery, for a training stage) does not rerun it. A matrix stage
+    shares one deps list among its methods: a file there is run by at least one of them."""
+    items = [(module, method, deps) for name, module, method, deps in STAGES if name == stage]
+    ran = set().union(*(stage_runs(module, method) for module, method, _ in items))
+    extra = sorted({d for _, _, deps in items for d in deps if d.endswith(".py")} - ran)
+    assert not extra, f"dvc.yaml stage {stage!r} depends on {extra}, which it does not run"
+
+
 @pytest.mark.parametrize(("stage", "module", "method", "deps"), STAGES, ids=lambda x: str(x)[:30])
 def test_a_per_method_stage_does_not_depend_on_other_methods(
     stage: str, module: str, method: str | None, deps: list[str]
@@ -90,15 +101,22 @@ def test_a_per_method_stage_does_not_depend_on_other_methods(
 
 
 def test_the_import_walk_finds_indirect_imports() -> None:
-    files = runs("stages.train")
-    # stages.train -> pipeline.train.pairs -> pipeline.preprocess.voice_features ->
+    files = runs("stages.voice")
+    # stages.voice -> pipeline.preprocess.voice_features -> pipeline.preprocess.shards ->
     # pipeline.preprocess.media
     assert {
-        "stages/train.py",
-        "pipeline/train/pairs.py",
+        "stages/voice.py",
         "pipeline/preprocess/voice_features.py",
+        "pipeline/preprocess/shards.py",
     } <= files
     assert "pipeline/preprocess/media.py" in files and "pipeline/report/document.py" not in files
+    # Training reads voice features through the table's schema: no decoding, VAD or shards.
+    train = runs("stages.train")
+    assert "pipeline/train/pairs.py" in train and "pipeline/schema.py" in train
+    assert not {f for f in train if f.startswith("pipeline/preprocess/")} - {
+        "pipeline/preprocess/__init__.py",
+        "pipeline/preprocess/jpeg.py",
+    }
 
 
 def test_stages_do_not_import_each_other() -> None:

@@ -140,9 +140,3 @@ def voice_shard(
         )
     write_table(pd.DataFrame(rows, columns=VOICE_FEATURES.schema.names), out, VOICE_FEATURES)
     return res
-
-
-def features_of(row: pd.Series) -> np.ndarray:
-    """Decode a VOICE_FEATURES row's ``features_f16`` into (n_frames, n_bins) float32."""
-    arr = np.frombuffer(row["features_f16"], dtype="<f2").astype(np.float32)
-    return arr.reshape(int(row["n_frames"]), int(row["n_bins"]))

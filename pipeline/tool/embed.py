@@ -42,8 +42,15 @@ from pipeline.preprocess.face_tracks import (
 from pipeline.preprocess.jpeg import decode_jpeg, encode_jpeg
 from pipeline.preprocess.manifest import AUDIO_EXTS, IMAGE_EXTS, VIDEO_EXTS
 from pipeline.preprocess.shards import ClipRef, ShardResult
-from pipeline.preprocess.voice_features import VoiceConfig, features_of, voice_shard
-from pipeline.schema import FACE_FRAMES, VOICE_FEATURES, SchemaError, TableSchema, read_table
+from pipeline.preprocess.voice_features import VoiceConfig, voice_shard
+from pipeline.schema import (
+    FACE_FRAMES,
+    VOICE_FEATURES,
+    SchemaError,
+    TableSchema,
+    features_of,
+    read_table,
+)
 from pipeline.schema import write_table as _write_table
 from pipeline.train.loop import (
     Encoders,

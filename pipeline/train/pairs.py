@@ -17,8 +17,7 @@ import torch
 from PIL import Image
 
 from pipeline.preprocess.jpeg import decode_jpeg
-from pipeline.preprocess.voice_features import features_of
-from pipeline.schema import FACE_FRAMES, MANIFEST, VOICE_FEATURES, read_table
+from pipeline.schema import FACE_FRAMES, MANIFEST, VOICE_FEATURES, features_of, read_table
 
 
 @dataclass
