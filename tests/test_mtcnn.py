@@ -91,16 +91,15 @@ def test_missing_facenet_pytorch_is_named(monkeypatch: pytest.MonkeyPatch) -> No
         mtcnn.weights_dir()
 
 
-def test_a_frame_without_candidates_has_no_faces() -> None:
-    frames = torch.full((3, 96, 128, 3), 128, dtype=torch.uint8)
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (3, 96, 128, 3),  # a blank frame: P-Net finds no candidate window
+        (2, 32, 48, 3),  # shorter side 32 px, faces from 40 px: no pyramid level fits
+    ],
+)
+def test_a_frame_without_a_face_to_find_has_no_faces(shape: tuple[int, ...]) -> None:
+    frames = torch.full(shape, 128, dtype=torch.uint8)
     with torch.inference_mode():
         found = mtcnn.detect(frames, 40, mtcnn.load_nets(), (0.6, 0.7, 0.7), 0.709)
-    assert [(b.shape, p.shape) for b, p in found] == [((0, 5), (0, 5, 2))] * 3
-
-
-def test_a_frame_smaller_than_the_smallest_face_has_no_faces() -> None:
-    """No pyramid level fits (the shorter side 32 px, faces from 40 px): no faces, no error."""
-    frames = torch.full((2, 32, 48, 3), 128, dtype=torch.uint8)
-    with torch.inference_mode():
-        found = mtcnn.detect(frames, 40, mtcnn.load_nets(), (0.6, 0.7, 0.7), 0.709)
-    assert [(b.shape, p.shape) for b, p in found] == [((0, 5), (0, 5, 2))] * 2
+    assert [(b.shape, p.shape) for b, p in found] == [((0, 5), (0, 5, 2))] * shape[0]
