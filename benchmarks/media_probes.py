@@ -84,8 +84,8 @@ def face_features(faces_dir: Path, keys: list[str]) -> dict[str, np.ndarray]:
 def voice_features(voice_dir: Path, root: Path, manifest: pd.DataFrame) -> np.ndarray:
     """Per manifest row: mean and std per bin of the un-normalised log-mel of its speech."""
     from pipeline.params import load_params
+    from pipeline.preprocess.filterbank import FeatureConfig, log_mel
     from pipeline.preprocess.media import read_audio
-    from pipeline.preprocess.voice_features import FeatureConfig, log_mel
 
     p = load_params().voice
     cfg = FeatureConfig(p.front_end, p.n_mels, p.win_ms, p.hop_ms, normalize=False)

@@ -11,6 +11,11 @@ of worker processes (``VOXFACE_WORKERS``), it measures
 and prints throughput in clip-seconds of media per wall-second, and the ratios stage / bare.
 A Prefect server is started first and its start-up is reported apart (it is paid once per
 ``dvc repro`` by ``stages.run``).
+
+Each measurement is repeated ``--repeats`` times, bare loop and stage alternating (a shared
+machine's speed drifts between two runs of a few seconds each): the figures are the medians of
+the repeats, and ``*_stage_vs_bare_range`` gives the lowest and highest ratio of a bare run to the
+stage run right after it.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ import numpy as np
 
 from pipeline.params import load_params
 from pipeline.preprocess.detector import DetectorConfig, FaceDetector
+from pipeline.preprocess.filterbank import FeatureConfig, log_mel
 from pipeline.preprocess.media import read_audio, read_frames
 from pipeline.preprocess.vad import VadConfig, frame_decisions, speech_segments
-from pipeline.preprocess.voice_features import FeatureConfig, log_mel
 from pipeline.schema import MANIFEST, read_table, write_table
 
 KINDS = ("faces", "voice")
@@ -67,6 +72,20 @@ def _bare_voice(args: tuple[list[str], VadConfig, FeatureConfig]) -> float:
     return speech
 
 
+def _medians(kind: str, bare: list[float], stage: list[float]) -> dict[str, Any]:
+    """The median bare and stage seconds of the repeats of ``kind`` (faces, voice), and the
+    range of their paired ratios (bare / stage)."""
+    ratios = [b / s for b, s in zip(bare, stage, strict=True)]
+    return {
+        f"bare_{kind}_s": float(np.median(bare)),
+        f"{kind}_stage_s": float(np.median(stage)),
+        f"{kind}_ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
+        f"{kind}_repeats_bare_stage_s": [
+            [round(b, 2), round(s, 2)] for b, s in zip(bare, stage, strict=True)
+        ],
+    }
+
+
 def _chunks(items: list[str], size: int) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -78,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--clips", default="200,960", help="two workload sizes (clips), small then large"
     )
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each measurement (median)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument(
         "--only", choices=KINDS, action="append", help="measure this stage only (repeatable)"
@@ -120,36 +140,43 @@ def main(argv: list[str] | None = None) -> None:
                 sub = write_table(manifest, Path(tmp) / f"clips{n}.parquet", MANIFEST)
                 r: dict[str, Any] = {"clips": len(paths), "media_s": round(media_s, 1)}
                 if "faces" in kinds:
-                    t0 = time.perf_counter()
                     jobs = [
                         (c, fcfg.detector, fcfg.rate_fps)
                         for c in _chunks(paths, p.face.shard_clips)
                     ]
-                    r["bare_frames_with_face"] = int(sum(pool.map(_bare_faces, jobs, chunksize=1)))
-                    r["bare_face_s"] = time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    rep = faces_flow.with_options(task_runner=task_runner())(
-                        str(sub), str(root), p.face, f"{tmp}/faces{n}"
-                    )
-                    r["faces_stage_s"] = time.perf_counter() - t0
+                    bare, stage = [], []
+                    for i in range(args.repeats):
+                        t0 = time.perf_counter()
+                        frames = int(sum(pool.map(_bare_faces, jobs, chunksize=1)))
+                        bare.append(time.perf_counter() - t0)
+                        t0 = time.perf_counter()
+                        rep = faces_flow.with_options(task_runner=task_runner())(
+                            str(sub), str(root), p.face, f"{tmp}/faces{n}-{i}"
+                        )
+                        stage.append(time.perf_counter() - t0)
+                    r |= _medians("faces", bare, stage)
+                    r["bare_frames_with_face"] = frames
                     r["stage_frames_with_face"] = rep["frames_with_face"]
                 if "voice" in kinds:
-                    t0 = time.perf_counter()
                     jobs_v = [
                         (c, vcfg.vad, vcfg.features) for c in _chunks(paths, p.voice.shard_clips)
                     ]
-                    pool.map(_bare_voice, jobs_v, chunksize=1)
-                    r["bare_voice_s"] = time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    voice_flow.with_options(task_runner=task_runner())(
-                        str(sub), str(root), p.voice, f"{tmp}/voice{n}"
-                    )
-                    r["voice_stage_s"] = time.perf_counter() - t0
+                    bare, stage = [], []
+                    for i in range(args.repeats):
+                        t0 = time.perf_counter()
+                        pool.map(_bare_voice, jobs_v, chunksize=1)
+                        bare.append(time.perf_counter() - t0)
+                        t0 = time.perf_counter()
+                        voice_flow.with_options(task_runner=task_runner())(
+                            str(sub), str(root), p.voice, f"{tmp}/voice{n}-{i}"
+                        )
+                        stage.append(time.perf_counter() - t0)
+                    r |= _medians("voice", bare, stage)
                 runs.append({k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()})
     out["runs"] = runs
     small, large = runs[0], runs[-1]
     for kind, bare, stage in (
-        ("faces", "bare_face_s", "faces_stage_s"),
+        ("faces", "bare_faces_s", "faces_stage_s"),
         ("voice", "bare_voice_s", "voice_stage_s"),
     ):
         if kind not in kinds:
@@ -157,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         out[f"{kind}_stage_clip_s_per_s"] = round(large["media_s"] / large[stage], 1)
         out[f"{kind}_bare_clip_s_per_s"] = round(large["media_s"] / large[bare], 1)
         out[f"{kind}_stage_vs_bare"] = round(large[bare] / large[stage], 3)
+        out[f"{kind}_stage_vs_bare_range"] = large[f"{kind}_ratio_range"]
         # Marginal: the extra clips' cost, fixed start-up costs (flow, workers) cancelled out.
         out[f"{kind}_marginal_stage_vs_bare"] = round(
             (large[bare] - small[bare]) / (large[stage] - small[stage]), 3

@@ -43,7 +43,7 @@ from prefect.futures import as_completed
 
 from pipeline.atomic import atomic_path
 from pipeline.cpu_pin import kernel_settings
-from pipeline.lineage import source_digest
+from pipeline.lineage import runs, source_digest
 from pipeline.preprocess.shards import ClipRef, ShardResult, clip_refs, prestart_decoders
 from pipeline.schema import (
     FAILURES,
@@ -146,10 +146,21 @@ def _load_result(path: Path) -> ShardResult | None:
         return None
 
 
+class Sealed:
+    """A task's clips as one object that Prefect does not look into: before a task runs, Prefect
+    walks its arguments for futures to wait for, visiting every field of every clip of a list
+    (0.5 CPU-s of a 960-clip voice flow, in the threads that collect the decoders' results)."""
+
+    __slots__ = ("clips",)
+
+    def __init__(self, clips: list[ClipRef]) -> None:
+        self.clips = clips
+
+
 @task
 def run_shard(
     fn: Callable[..., ShardResult],
-    clips: list[ClipRef],
+    clips: Sealed,
     root: str,
     cfg: Any,
     out: str,
@@ -157,7 +168,7 @@ def run_shard(
 ) -> ShardResult:
     """One Prefect task: ``fn`` over one shard (runs in a pool worker)."""
     os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("VOXFACE_THREADS", "1"))
-    return fn(clips, Path(root), cfg, Path(out), timeout)
+    return fn(clips.clips, Path(root), cfg, Path(out), timeout)
 
 
 def fan_out(
@@ -213,7 +224,10 @@ def _fan_out(
     # Largest first (shards hold up to twice shard_clips): the pool's last tasks are then small,
     # and no worker idles while another finishes a big one.
     futures = {
-        run_shard.submit(fn, part, str(root), cfg, str(path), decode_timeout_s()): (name, path)
+        run_shard.submit(fn, Sealed(part), str(root), cfg, str(path), decode_timeout_s()): (
+            name,
+            path,
+        )
         for name, path, part in sorted(jobs, key=lambda job: -len(job[2]))
     }
     # Each shard is finished (its parts merged, its result file written: done for a rerun) as
@@ -301,12 +315,15 @@ def run_stage(
     flow: Callable[..., dict[str, Any]],
     argv: list[str] | None,
     warm: Callable[[Any], object] | None = None,
+    preload: tuple[str, ...] = (),
 ) -> None:
     """The command line of a preprocessing stage ``name`` (params section ``section``): run
     ``flow(manifest, root, params, out)``, write the report, fail past the failure threshold.
     ``warm(section params)`` (load models, import torch) runs while the Prefect server starts, as
-    does the start of the decoder processes (one per worker thread,
-    :func:`pipeline.preprocess.shards.prestart_decoders`)."""
+    do the reading of the code's imports for the shards' names (:func:`recipe`) and the start of
+    the decoder processes (one per worker thread,
+    :func:`pipeline.preprocess.shards.prestart_decoders`), which import the modules ``preload``
+    besides the decoders."""
     ap = argparse.ArgumentParser(description=doc)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--manifest", default="data/manifest/clips.parquet")
@@ -319,9 +336,10 @@ def run_stage(
 
     def meanwhile() -> None:  # while the Prefect server starts
         if runner_kind() == "thread":  # decoders for the pool's threads (workers start their own)
-            prestart_decoders(workers(), decode_timeout_s())
+            prestart_decoders(workers(), decode_timeout_s(), preload)
         if warm is not None:
             warm(p)
+        runs(f"stages.{name}")  # the imports the shards' names (recipe) read, read now
 
     with prefect_api(meanwhile=meanwhile):
         report = flow.with_options(task_runner=task_runner())(  # type: ignore[attr-defined]

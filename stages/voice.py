@@ -1,9 +1,9 @@
 """DVC stage ``voice``: speech segments and log-mel features of every clip, as Parquet shards.
 
-Decodes each clip's audio to 16 kHz mono with decord and finds speech with webrtcvad plus an
-energy gate and padded hysteresis, both in an isolated child process (timeout) per shard thread,
-then computes the front end's features over the speech only. Audio-only inputs (VoxCeleb1 wav,
-m4a) take this path alone.
+Decodes each clip's audio to 16 kHz mono with decord, finds speech with webrtcvad plus an
+energy gate and padded hysteresis, and computes the front end's features over the speech only,
+all three in an isolated child process (timeout) per shard thread. Audio-only inputs (VoxCeleb1
+wav, m4a) take this path alone.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import Any
 from prefect import flow
 
 from pipeline.params import VoiceStageParams
+from pipeline.preprocess.filterbank import FeatureConfig
 from pipeline.preprocess.vad import VadConfig
-from pipeline.preprocess.voice_features import FeatureConfig, VoiceConfig, voice_shard
+from pipeline.preprocess.voice_features import VoiceConfig, voice_shard
 from pipeline.schema import VOICE_FEATURES
 from stages._runtime import run_main
 from stages._shards import failure_summary, fan_out, run_stage
@@ -79,14 +80,13 @@ def voice_flow(manifest: str, root: str, params: VoiceStageParams, out: str) -> 
     return report
 
 
-def warm(p: VoiceStageParams) -> None:
-    """Import torch and torchaudio's front ends (the tasks' first call would) before the flow."""
-    import torchaudio.compliance.kaldi
-    import torchaudio.transforms  # noqa: F401
+#: What the decoder children import as they start, beside the decoders: the features' code
+#: (torch and its Kaldi front end), which they run.
+DECODER_PRELOAD = ("torch", "torchaudio.compliance.kaldi", "pipeline.preprocess.filterbank")
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_stage(__doc__ or "", "voice", "voice", voice_flow, argv, warm)
+    run_stage(__doc__ or "", "voice", "voice", voice_flow, argv, preload=DECODER_PRELOAD)
 
 
 if __name__ == "__main__":

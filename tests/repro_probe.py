@@ -79,9 +79,10 @@ def main() -> None:
         return
     from pipeline.preprocess.detector import DetectorConfig
     from pipeline.preprocess.face_tracks import FaceConfig, face_shard
+    from pipeline.preprocess.filterbank import FeatureConfig
     from pipeline.preprocess.shards import ClipRef
     from pipeline.preprocess.vad import VadConfig
-    from pipeline.preprocess.voice_features import FeatureConfig, VoiceConfig, voice_shard
+    from pipeline.preprocess.voice_features import VoiceConfig, voice_shard
 
     clips = [
         ClipRef(

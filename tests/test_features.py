@@ -10,14 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.preprocess.filterbank import FeatureConfig, log_mel, speech_features
 from pipeline.preprocess.shards import ClipRef
-from pipeline.preprocess.vad import VadConfig
-from pipeline.preprocess.voice_features import (
-    FeatureConfig,
-    VoiceConfig,
-    log_mel,
-    voice_shard,
-)
+from pipeline.preprocess.vad import VadConfig, read_speech
+from pipeline.preprocess.voice_features import VoiceConfig, voice_shard
 from pipeline.schema import VOICE_FEATURES, features_of, read_table
 from tests.test_media import _video_only
 
@@ -104,6 +100,34 @@ def test_voice_shard_with_bad_files(
 
 @pytest.mark.realdata
 @pytest.mark.slow
+def test_the_decoder_child_gives_the_features_computed_here(
+    small_corpus: tuple[Path, pd.DataFrame, pd.DataFrame], tmp_path: Path
+) -> None:
+    """The voice stage decodes, cuts and computes features in its decoder child: its rows hold
+    the bytes that decoding, VAD and :func:`log_mel` give in this process (one torch thread, as
+    the child runs), and a clip with too little speech gets no features."""
+    import torch
+
+    root, clips, _ = small_corpus
+    refs = [ClipRef(p[4:-4], p, "video", None) for p in clips.path[:4]]
+    out = tmp_path / "voice.parquet"
+    voice_shard(refs, root, VCFG, out, timeout_s=30)
+    table = read_table(out, VOICE_FEATURES).set_index("clip_key")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for ref in refs:
+            n, segs, speech = read_speech(str(root / ref.media_path), 16000, VCFG.vad)
+            row = table.loc[ref.clip_key]
+            assert row.features_f16 == log_mel(speech, 16000, FBANK).astype("<f2").tobytes()
+            assert list(row.segment_start_s) == [a for a, _ in segs]
+            assert row.duration_s == n / 16000 and row.speech_s == len(speech) / 16000
+        got = speech_features(str(root / refs[0].media_path), 16000, VCFG.vad, FBANK, 1e6)
+        assert got.features_f16 is None and got.speech_samples > 0
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_real_clips_give_features_or_a_clear_failure(realdata: Path, tmp_path: Path) -> None:
     """Every real clip (FLV/VP6, MP3, MPEG-1, MPEG-4, H.264) yields features or a failure row."""
     from pipeline.preprocess.detector import DetectorConfig

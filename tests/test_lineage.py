@@ -150,6 +150,15 @@ def test_the_source_digest_follows_the_code_a_module_runs(tmp_path: Path) -> Non
     assert source_digest("stages.x", tmp_path) == before
     (tmp_path / "pipeline/b.py").write_text("B = 2\n")
     assert source_digest("stages.x", tmp_path) != before
+    # An edit that adds an import is followed, though the file's imports were read (and kept)
+    # before: they are read again when the file's size, time or inode changed.
+    (tmp_path / "pipeline/b.py").write_text("from pipeline import c\n")
+    assert runs("stages.x", tmp_path) == {
+        "stages/x.py", "pipeline/a.py", "pipeline/b.py", "pipeline/c.py"
+    }  # fmt: skip
+    with_c = source_digest("stages.x", tmp_path)
+    (tmp_path / "pipeline/c.py").write_text("C = 3\n")
+    assert source_digest("stages.x", tmp_path) != with_c
 
 
 def _ast_imports(path: Path) -> set[str]:

@@ -65,10 +65,11 @@ def clip_refs(manifest: pd.DataFrame) -> list[ClipRef]:
 DECODERS = ("decord", "pipeline.preprocess.media")
 
 
-def prestart_decoders(n: int, timeout_s: float) -> None:
-    """Start ``n`` decoder children for :func:`decode_each` now, :data:`DECODERS` imported
-    (:func:`pipeline.preprocess.isolate.prestart`); returns without waiting."""
-    prestart(n, timeout_s, DECODERS)
+def prestart_decoders(n: int, timeout_s: float, preload: tuple[str, ...] = ()) -> None:
+    """Start ``n`` decoder children for :func:`decode_each` now, :data:`DECODERS` and
+    ``preload`` imported (:func:`pipeline.preprocess.isolate.prestart`); returns without
+    waiting."""
+    prestart(n, timeout_s, DECODERS + preload)
 
 
 def decode_each(
