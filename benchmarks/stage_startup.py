@@ -7,8 +7,9 @@ the first ``--clips`` video clips of the manifest, and prints when each phase en
 from the benchmark's start:
 
 - ``imports``: the stage module and what it imports (Prefect, pandas, pyarrow, the library);
-- ``warm``: what the stage loads while its server starts (torch and MTCNN for ``faces``,
-  torchaudio for ``voice``) and the start of its decoder processes;
+- ``warm``: what the stage does while its server starts: start its decoder processes (without
+  waiting for their imports: torch and its Kaldi front end for ``voice``), load torch and MTCNN
+  (``faces``), read its code's imports;
 - ``server up``: the temporary server answers (it started at ~0 s);
 - ``flow body``: from the flow's first line to its last (the shards' work);
 - ``flow returned``, ``server stopped``, ``main returned``: Prefect's end of the flow run, the
@@ -51,12 +52,6 @@ def timeline(stage: str, clips: int, manifest: Path) -> list[tuple[str, float]]:
     from pipeline.schema import MANIFEST, read_table, write_table
 
     mark("imports")
-    warm: Callable[[Any], None] = mod.warm
-
-    def timed_warm(p: Any) -> None:
-        warm(p)
-        mark("warm (and decoders started)")
-
     fan_out = shards._fan_out
 
     def timed_fan_out(*args: Any, **kwargs: Any) -> Any:
@@ -69,13 +64,18 @@ def timeline(stage: str, clips: int, manifest: Path) -> list[tuple[str, float]]:
 
     @contextlib.contextmanager
     def timed_api(meanwhile: Callable[[], object] | None = None) -> Iterator[str]:
-        with api(meanwhile) as url:
+        def timed_meanwhile() -> None:
+            if meanwhile is not None:
+                meanwhile()
+            mark("warm (and decoders started)")
+
+        with api(timed_meanwhile) as url:
             mark("server up")
             yield url
             mark("flow returned")
         mark("server stopped")
 
-    mod.warm, shards._fan_out, shards.prefect_api = timed_warm, timed_fan_out, timed_api
+    shards._fan_out, shards.prefect_api = timed_fan_out, timed_api
     with tempfile.TemporaryDirectory() as tmp:
         m = read_table(manifest, MANIFEST)
         video = m[m.media_kind == "video"].iloc[:clips]
