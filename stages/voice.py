@@ -18,7 +18,7 @@ from typing import Any
 from prefect import flow
 
 from pipeline.params import VoiceStageParams
-from pipeline.preprocess.filterbank import FeatureConfig
+from pipeline.preprocess.filterbank import SPEECH_PRELOAD, FeatureConfig
 from pipeline.preprocess.vad import VadConfig
 from pipeline.preprocess.voice_features import VoiceConfig, voice_shard
 from pipeline.schema import VOICE_FEATURES
@@ -80,13 +80,8 @@ def voice_flow(manifest: str, root: str, params: VoiceStageParams, out: str) -> 
     return report
 
 
-#: What the decoder children import as they start, beside the decoders: the features' code
-#: (torch and its Kaldi front end), which they run.
-DECODER_PRELOAD = ("torch", "torchaudio.compliance.kaldi", "pipeline.preprocess.filterbank")
-
-
 def main(argv: list[str] | None = None) -> None:
-    run_stage(__doc__ or "", "voice", "voice", voice_flow, argv, preload=DECODER_PRELOAD)
+    run_stage(__doc__ or "", "voice", "voice", voice_flow, argv, preload=SPEECH_PRELOAD)
 
 
 if __name__ == "__main__":

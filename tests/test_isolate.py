@@ -99,6 +99,8 @@ def test_leased_children_are_reused_prestarted_and_closed_when_left_part_way() -
     prestart(1, 8.0, ("colorsys",))  # imported by nothing else there
     with lease(8.0) as warm:
         assert warm.preload == ("colorsys",) and "colorsys" in warm.call(_loaded)
+    with lease(9.0, ("colorsys",)) as lazy:  # none idle: a new one, with what it was asked for
+        assert lazy.preload == ("colorsys",) and "colorsys" in lazy.call(_loaded)
     with pytest.raises(RuntimeError, match="stopped part-way"), lease(8.0) as left:
         proc = left._ensure()
         raise RuntimeError("stopped part-way")

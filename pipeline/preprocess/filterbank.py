@@ -81,6 +81,11 @@ def log_mel(audio: np.ndarray, sample_rate_hz: int, cfg: FeatureConfig) -> np.nd
     return out
 
 
+#: What a decoder child running :func:`speech_features` imports as it starts, beside the
+#: decoders: torch and its Kaldi front end (2-3 CPU-s, not to count against a clip's timeout).
+SPEECH_PRELOAD = ("torch", "torchaudio.compliance.kaldi", "pipeline.preprocess.filterbank")
+
+
 class Speech(NamedTuple):
     """One clip's speech as the decoder child hands it back."""
 

@@ -206,16 +206,18 @@ def _kept(iso: Isolated) -> Isolated:
 
 
 @contextlib.contextmanager
-def lease(timeout_s: float) -> Iterator[Isolated]:
+def lease(timeout_s: float, preload: tuple[str, ...] = ()) -> Iterator[Isolated]:
     """A child for one caller at a time: an idle one of this timeout (prestarted, or given back
     by an earlier caller: a child starts once, ~0.3 s, and is kept across shards), else a new
-    one. It is given back when the caller is done with it, and closed instead when the caller
-    stopped part-way (requests may still be in flight)."""
+    one that imports ``preload`` as it starts (what the caller's calls need: imported then, they
+    count against the start-up limit, not the first call's timeout). It is given back when the
+    caller is done with it, and closed instead when the caller stopped part-way (requests may
+    still be in flight)."""
     with _idle_lock:
         pool = _idle.setdefault(timeout_s, [])
         iso = pool.pop() if pool else None
     if iso is None:
-        iso = _kept(Isolated(timeout_s))
+        iso = _kept(Isolated(timeout_s, preload))
     done = False
     try:
         yield iso

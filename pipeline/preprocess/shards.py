@@ -77,14 +77,16 @@ def decode_each(
     items: list[tuple[ClipRef, Path, tuple[Any, ...]]],
     timeout_s: float,
     fn: Callable[..., T],
+    preload: tuple[str, ...] = (),
 ) -> Iterator[tuple[ClipRef, T]]:
     """``fn(*args)`` for each ``(clip, path, args)`` in a decoder child process of its own
-    (:func:`pipeline.preprocess.isolate.lease`), the next clip decoding while the caller works on
-    this one; yields ``(clip, result)``. A failure
+    (:func:`pipeline.preprocess.isolate.lease`; one it starts imports :data:`DECODERS` and
+    ``preload``), the next clip decoding while the caller works on this one; yields
+    ``(clip, result)``. A failure
     becomes a row instead: ``no_audio`` / ``no_video`` (the stream is missing), ``decode``
     (unreadable file), ``timeout`` (the decoder hung and was killed), ``crash`` (it died).
     """
-    with lease(timeout_s) as decoder:
+    with lease(timeout_s, DECODERS + preload) as decoder:
         outputs = decoder.map(fn, [args for _, _, args in items])
         for (clip, path, _), out in zip(items, outputs, strict=True):
             if isinstance(out, MediaError):

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.preprocess.filterbank import FeatureConfig, speech_features
+from pipeline.preprocess.filterbank import SPEECH_PRELOAD, FeatureConfig, speech_features
 from pipeline.preprocess.shards import ClipRef, ShardResult, decode_each
 from pipeline.preprocess.vad import VadConfig
 from pipeline.schema import VOICE_FEATURES, write_table
@@ -45,7 +45,7 @@ def voice_shard(
         for c in clips
     ]
     res.counts["clips_in"] += len(clips)
-    for clip, got in decode_each(res, items, timeout_s, speech_features):
+    for clip, got in decode_each(res, items, timeout_s, speech_features, SPEECH_PRELOAD):
         path = root / clip.media_path
         duration = got.samples / sr
         res.counts["audio_ms"] += int(round(duration * 1000))
