@@ -26,6 +26,7 @@ return counts and failure rows; the arrays stay in the shard files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -339,7 +340,10 @@ def run_stage(
             prestart_decoders(workers(), decode_timeout_s(), preload)
         if warm is not None:
             warm(p)
-        runs(f"stages.{name}")  # the imports the shards' names (recipe) read, read now
+        # The imports the shards' names (recipe) read, read now: a warm-up only (a stage module
+        # named otherwise reads them when the flow names its shards).
+        with contextlib.suppress(ModuleNotFoundError):
+            runs(f"stages.{name}")
 
     with prefect_api(meanwhile=meanwhile):
         report = flow.with_options(task_runner=task_runner())(  # type: ignore[attr-defined]
