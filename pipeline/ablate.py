@@ -4,12 +4,15 @@
 ``ablations.yaml``, ``wen2021``, ``cmpc``, ``bipseudo``):
 
 1. each variant with params overrides becomes one DVC experiment named ``<paper>-<variant>``,
-   run with ``dvc exp run --temp -S ...`` in a temporary copy of the repository, one after the
-   other: ``dvc repro`` there restores what did not change from DVC's cache and reruns only the
-   stages whose params or code the variant changes (that method's training, evaluation and, for
-   CMPC, low-shot fine-tuning, for every seed of ``seeds``); a rerun after an edit to one method
-   reruns that method's variants only (an experiment of the same name on the same commit is
-   replaced);
+   run with ``dvc exp run --temp -S ... aggregate`` in a temporary copy of the repository, one
+   after the other: ``dvc repro aggregate`` there restores what did not change from DVC's cache
+   and reruns only the stages whose params or code the variant changes (that method's training,
+   evaluation and, for CMPC, low-shot fine-tuning, for every seed of ``seeds``), then the
+   aggregates over seeds, the figures ``dvc exp show`` and ``dvc metrics diff`` compare. The
+   ``report`` stage is left out of the experiments: the report is rendered once, by the main
+   pipeline, with every ablation in it (an experiment's commit keeps its parent's report, which
+   ``dvc status`` there shows as stale); a rerun after an edit to one method reruns that
+   method's variants only (an experiment of the same name on the same commit is replaced);
 2. ``collect``: every variant's per-seed metrics and trial outcomes, from the experiments
    (``dvc.api``) or, for the variants that are the main pipeline's own models, from the
    workspace; :func:`pipeline.evaluate.ablation.analyse` turns them into each variant's mean and
@@ -46,6 +49,8 @@ from pipeline.params import load_params
 from pipeline.schema import OUTCOMES, SchemaError, read_table
 
 OUT = Path("reports/ablation")
+#: The stage an experiment runs up to (with everything it depends on): the aggregates over seeds.
+EXPERIMENT_TARGET = "aggregate"
 
 
 def experiment_name(ablation: Ablation, variant: Variant) -> str:
@@ -96,7 +101,7 @@ def run_experiments(ablation: Ablation, queue: bool) -> None:
         if name in have:  # same commit, maybe other code or params in the workspace: redo it
             _dvc(["exp", "remove", name])
         mode = ["--queue"] if queue else ["--temp"]
-        _dvc(["exp", "run", *mode, "-n", name, *_set_args(v)])
+        _dvc(["exp", "run", *mode, "-n", name, *_set_args(v), EXPERIMENT_TARGET])
 
 
 def _read_from(rev: str, path: str) -> bytes:

@@ -93,6 +93,28 @@ def test_process_pool_and_dask_cluster_give_identical_output(
         pd.testing.assert_frame_equal(out["process"][kind], out["dask"][kind])
 
 
+def test_the_synth_stage_renders_in_children_the_bytes_of_a_serial_render(
+    small_corpus: tuple[Path, pd.DataFrame, pd.DataFrame], tmp_path: Path
+) -> None:
+    """The synth flow's tasks render in leased child processes: every file is the bytes the same
+    spec rendered serially in this process gives (tests/helpers.py), and so is the truth."""
+    from pipeline.schema import SYNTH_CLIPS
+    from stages.synth import synth_flow
+    from tests.helpers import small_spec
+
+    root, clips, _ = small_corpus
+    out = tmp_path / "synth"
+    with prefect_api():
+        report = synth_flow.with_options(task_runner=task_runner())(small_spec(), str(out))
+    assert report["clips"] == len(clips)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.mp4")) == sorted(clips.path)
+    for path in clips.path:
+        assert (out / path).read_bytes() == (root / path).read_bytes(), path
+    truth = read_table(out / "ground_truth/clips.parquet", SYNTH_CLIPS).set_index("path")
+    for col in ("speech_fraction", "n_frames", "mouth_open_mean"):
+        assert truth.loc[clips.path, col].tolist() == clips[col].tolist(), col
+
+
 @pytest.mark.slow
 def test_a_shard_split_across_workers_is_the_same_bytes(
     small_corpus: tuple[Path, pd.DataFrame, pd.DataFrame],
