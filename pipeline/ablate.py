@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import atomic_path
+from pipeline.dvc_run import command as dvc_command
 from pipeline.evaluate.ablation import (
     Ablation,
     AblationError,
@@ -67,7 +68,7 @@ def _set_args(variant: Variant) -> list[str]:
 
 def _dvc(args: list[str]) -> None:
     print("$ dvc " + " ".join(args), flush=True)
-    res = subprocess.run(["dvc", *args], text=True, check=False)
+    res = subprocess.run(dvc_command(args), text=True, check=False)
     if res.returncode != 0:
         raise SystemExit(f"error: dvc {' '.join(args)} failed (exit {res.returncode})")
 
