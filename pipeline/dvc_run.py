@@ -37,10 +37,9 @@ _MARK = "_voxface_lock_cache"
 
 
 def _key(path: Any) -> str | None:
-    try:
-        return os.path.abspath(os.fspath(path))
-    except TypeError:
+    if not isinstance(path, (str, os.PathLike)):
         return None
+    return os.path.abspath(os.fspath(path))
 
 
 def _wrap(
@@ -87,7 +86,7 @@ def install() -> bool:
         return False
     if hasattr(parse, _MARK):
         return True
-    _yaml.parse_yaml_for_update, _yaml._dump = _wrap(parse, dump)  # type: ignore[assignment]
+    _yaml.parse_yaml_for_update, _yaml._dump = _wrap(parse, dump)
     return True
 
 
