@@ -5,11 +5,12 @@ parallel Prefect tasks (shards of videos), writes the VoxCeleb1-style metadata C
 ground-truth tables, and swaps the finished corpus into place in one rename.
 
 Each task renders its videos in a child interpreter it leases
-(:func:`pipeline.preprocess.isolate.lease`): rendering is numpy and Python code that holds the
-interpreter lock, so the default thread-pool tasks rendered at one core's speed in all (the tiny
-preset's 96 clips took 17 s on 2 cores, about the time of one core). The child computes what the
-thread did, from the same arguments and environment (numeric kernels pinned the same way), so
-the files are the same bytes.
+(:func:`pipeline.preprocess.isolate.lease`): rendering is numpy on small arrays and Python
+loops, which hold the interpreter lock much of the time, so the default thread-pool tasks
+shared about one core (on 2 cores the default corpus took 137.7 s that way, 99.4 s in children;
+the tiny preset 13.1-13.5 s and 11.0-11.3 s). The child computes what the thread did, from the
+same arguments and environment (numeric kernels pinned the same way), so the files are the same
+bytes.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from prefect import flow, get_run_logger, task
 from pipeline.atomic import atomic_dir
 from pipeline.preprocess.isolate import lease
 from pipeline.schema import SYNTH_CLIPS, SYNTH_IDENTITIES, write_table
-from pipeline.synth.corpus import CorpusSpec, plan_corpus, render_video
+from pipeline.synth.corpus import CorpusSpec, plan_corpus, render_jobs, render_video
 from pipeline.synth.people import Calibration
 from stages._runtime import (
     limit_native_threads,
@@ -58,18 +59,12 @@ def render_shard(
     """Render a shard of videos into ``root`` in a leased child process; returns the clips'
     truth rows."""
     limit_native_threads()  # inherited by a child started now
-    by_id = identities.set_index("identity", drop=False)
-    calls = []
-    for video in videos.itertuples(index=False):
-        v = pd.Series(video._asdict())
-        calls.append(
-            (Path(root), by_id.loc[v.identity], v, clips[clips.video_id == v.video_id], spec)
-        )
+    jobs = render_jobs(Path(root), spec, identities, videos, clips)
     rows: list[dict[str, Any]] = []
     with lease(RENDER_TIMEOUT_S, RENDER_PRELOAD) as child:
-        for (_, _, v, _, _), out in zip(calls, child.map(render_video, calls), strict=True):
+        for job, out in zip(jobs, child.map(render_video, jobs), strict=True):
             if isinstance(out, BaseException):
-                raise RuntimeError(f"rendering video {v.video_id} failed: {out}") from out
+                raise RuntimeError(f"rendering video {job[2].video_id} failed: {out}") from out
             rows += out
     return rows
 

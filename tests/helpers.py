@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.synth.corpus import CorpusSpec, plan_corpus, render_video
+from pipeline.synth.corpus import CorpusSpec, plan_corpus, render_jobs, render_video
 from pipeline.synth.people import Calibration
 
 CAL = Calibration(face_noise=0.75, voice_noise=0.8, gender_strength=1.0)
@@ -23,11 +23,7 @@ def render_corpus(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Render a whole (small) corpus serially; returns (identities, videos, clips, truth)."""
     identities, videos, clips = plan_corpus(spec)
-    by_id = identities.set_index("identity", drop=False)
     rows = []
-    for v in videos.itertuples(index=False):
-        video = pd.Series(v._asdict())
-        rows += render_video(
-            root, by_id.loc[video.identity], video, clips[clips.video_id == video.video_id], spec
-        )
+    for job in render_jobs(root, spec, identities, videos, clips):
+        rows += render_video(*job)
     return identities, videos, clips, pd.DataFrame(rows)

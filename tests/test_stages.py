@@ -20,13 +20,23 @@ from prefect.settings import (
 
 from pipeline.params import load_params
 from pipeline.preprocess.shards import ClipRef, ShardResult
-from pipeline.schema import FACE_FRAMES, FAILURES, MANIFEST, VOICE_FEATURES, read_table, write_table
+from pipeline.schema import (
+    FACE_FRAMES,
+    FAILURES,
+    MANIFEST,
+    SYNTH_CLIPS,
+    VOICE_FEATURES,
+    read_table,
+    write_table,
+)
 from stages import _server
 from stages._runtime import TEMPORARY_API, prefect_api, task_runner
 from stages._shards import _fan_out, shards, work_units
 from stages.faces import faces_flow
+from stages.synth import synth_flow
 from stages.voice import voice_flow
 from tests.conftest import REPO
+from tests.helpers import small_spec
 
 pytestmark = pytest.mark.usefixtures("prefect_server")  # see tests/conftest.py
 
@@ -98,10 +108,6 @@ def test_the_synth_stage_renders_in_children_the_bytes_of_a_serial_render(
 ) -> None:
     """The synth flow's tasks render in leased child processes: every file is the bytes the same
     spec rendered serially in this process gives (tests/helpers.py), and so is the truth."""
-    from pipeline.schema import SYNTH_CLIPS
-    from stages.synth import synth_flow
-    from tests.helpers import small_spec
-
     root, clips, _ = small_corpus
     out = tmp_path / "synth"
     with prefect_api():

@@ -3,7 +3,8 @@
 :func:`plan_corpus` makes every random draw up front from one seed (identities, videos, utterances,
 and one integer seed per video for the rendering), so that rendering can be sharded across any
 number of workers and still give identical files. :func:`render_video` writes all utterances of
-one video as ``mp4/<identity>/<video_id>/<utt:05d>.mp4`` (H.264 + AAC at 16 kHz mono).
+one video as ``mp4/<identity>/<video_id>/<utt:05d>.mp4`` (H.264 + AAC at 16 kHz mono);
+:func:`render_jobs` gives its arguments for each video of a plan.
 """
 
 from __future__ import annotations
@@ -253,6 +254,23 @@ def _write_mp4(path: Path, frames: np.ndarray, audio: np.ndarray, fps: int, sr: 
                 out.mux(pkt)
         for pkt in as_.encode():
             out.mux(pkt)
+
+
+def render_jobs(
+    root: Path,
+    spec: CorpusSpec,
+    identities: pd.DataFrame,
+    videos: pd.DataFrame,
+    clips: pd.DataFrame,
+) -> list[tuple[Path, pd.Series, pd.Series, pd.DataFrame, CorpusSpec]]:
+    """The :func:`render_video` arguments of each row of ``videos`` (a plan's tables, or parts of
+    them), in order."""
+    by_id = identities.set_index("identity", drop=False)
+    jobs = []
+    for row in videos.itertuples(index=False):
+        v = pd.Series(row._asdict())
+        jobs.append((root, by_id.loc[v.identity], v, clips[clips.video_id == v.video_id], spec))
+    return jobs
 
 
 def render_video(
