@@ -177,6 +177,31 @@ def test_work_units_give_every_worker_a_task() -> None:
     assert work_units([], 4) == []
 
 
+def test_work_units_cut_the_last_shards_finer() -> None:
+    """Guided self-scheduling: taken largest first, a shard is cut into parts of at most
+    ceil(clips left / workers) (and at least MIN_PART_CLIPS), so the big shards go whole and the
+    pool ends on small tasks; the parts keep the shard's clips in order."""
+    sizes = [137, 256, 39, 160, 66, 256, 46]  # the default corpus's voice shards, layout order
+    start = [sum(sizes[:i]) for i in range(len(sizes))]
+    clips = [ClipRef(f"id/{i:04d}", f"{i}.mp4", "video", None) for i in range(sum(sizes))]
+    layout = [clips[a : a + n] for a, n in zip(start, sizes, strict=True)]
+    units = work_units(layout, 2)
+    assert [[len(p) for p in s] for s in units] == [
+        [137],
+        [256],
+        [20, 19],
+        [160],
+        [66],
+        [256],
+        [23, 23],
+    ]
+    assert [[c for p in s for c in p] for s in units] == layout
+    assert [len(s) for s in work_units(layout, 1)] == [1] * len(sizes)  # one worker: no cuts
+    # Never below MIN_PART_CLIPS: 12-clip shards on 4 workers stay whole once there are enough.
+    twelve = [clips[i : i + 12] for i in range(0, 96, 12)]
+    assert [len(s) for s in work_units(twelve, 4)] == [1] * 8
+
+
 _started: list[int] = []
 
 
