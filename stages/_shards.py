@@ -121,6 +121,10 @@ def split_evenly(clips: list[ClipRef], parts: int) -> list[list[ClipRef]]:
 MIN_PART_CLIPS = 8
 
 
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def work_units(layout: list[list[ClipRef]], workers: int) -> list[list[list[ClipRef]]]:
     """Per shard of ``layout``, the clip runs that tasks process; their part files are merged
     into the shard, which holds the same rows as when one task does it (shard functions process
@@ -130,23 +134,22 @@ def work_units(layout: list[list[ClipRef]], workers: int) -> list[list[list[Clip
     sizes its chunks (Polychronopoulos and Kuck, IEEE Trans. Computers 36(12), 1987): in that
     order, a shard is cut into parts of at most ``ceil(R / workers)`` clips, ``R`` the clips of
     that shard and of every smaller one, unless that would leave parts of fewer than
-    :data:`MIN_PART_CLIPS` clips. The
-    large shards go whole; the pool's last tasks are small, so its workers end close together
-    (unsplit, 960 default clips in shards of 256 to 39 clips ended with one of two workers idle
-    for the last 39-clip shard, 0.25 s of a 3.7 s voice flow). With fewer shards than workers,
-    each shard is cut into at least ``ceil(workers / shards)`` parts, so that every worker has
-    work on small inputs."""
+    :data:`MIN_PART_CLIPS` clips. The large shards go whole; the pool's last tasks are small, so
+    its workers end close together (unsplit, 960 default clips in shards of 256 to 39 clips ended
+    with one of two workers idle for the last 39-clip shard, 0.25 s of a 3.7 s voice flow). With
+    fewer shards than workers, each shard is cut into at least ``ceil(workers / shards)`` parts,
+    so that every worker has work on small inputs."""
     if not layout:
         return []
-    at_least = -(-workers // len(layout)) if len(layout) < workers else 1
+    at_least = _ceil_div(workers, len(layout)) if len(layout) < workers else 1
     parts = [at_least] * len(layout)
     remaining = sum(len(s) for s in layout)
     for i in sorted(range(len(layout)), key=lambda i: -len(layout[i])):  # stable: ties in order
         n = len(layout[i])
-        guided = min(-(-n // -(-remaining // workers)), n // MIN_PART_CLIPS)
+        guided = min(_ceil_div(n, _ceil_div(remaining, workers)), n // MIN_PART_CLIPS)
         parts[i] = max(parts[i], guided)
-        remaining -= len(layout[i])
-    return [split_evenly(s, n) for s, n in zip(layout, parts, strict=True)]
+        remaining -= n
+    return [split_evenly(s, k) for s, k in zip(layout, parts, strict=True)]
 
 
 def _save_result(path: Path, res: ShardResult) -> None:

@@ -68,16 +68,12 @@ PRELOAD = (
     "faiss",
     "prefect",
     "prefect.flow_engine",
-    # What a process's first flow run imports (0.11 CPU-s: Prefect's flow visualisation with
-    # graphviz, FastAPI's encoders, OpenTelemetry's metrics, anyio's asyncio back end).
+    # What a process's first flow run imports (0.11 CPU-s): ``Flow.__call__`` its visualisation
+    # tracker (with graphviz), the parameters' serialisation FastAPI (with Starlette and
+    # OpenTelemetry), and anyio its asyncio back end (loaded by name on first use).
     "prefect.utilities.visualization",
     "fastapi.encoders",
-    "starlette.applications",
-    "opentelemetry.metrics",
     "anyio._backends._asyncio",
-    "anyio.streams.memory",
-    "anyio.streams.stapled",
-    "anyio.streams.tls",
     "prefect_dask",
     "matplotlib.figure",
     "matplotlib.backends.backend_agg",

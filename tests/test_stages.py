@@ -179,8 +179,8 @@ def test_work_units_give_every_worker_a_task() -> None:
 
 def test_work_units_cut_the_last_shards_finer() -> None:
     """Guided self-scheduling: taken largest first, a shard is cut into parts of at most
-    ceil(clips left / workers) (and at least MIN_PART_CLIPS), so the big shards go whole and the
-    pool ends on small tasks; the parts keep the shard's clips in order."""
+    ceil(clips left / workers) unless parts would have fewer than MIN_PART_CLIPS clips, so the big
+    shards go whole and the pool ends on small tasks; the parts keep the shard's clips in order."""
     sizes = [137, 256, 39, 160, 66, 256, 46]  # the default corpus's voice shards, layout order
     start = [sum(sizes[:i]) for i in range(len(sizes))]
     clips = [ClipRef(f"id/{i:04d}", f"{i}.mp4", "video", None) for i in range(sum(sizes))]
