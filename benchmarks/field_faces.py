@@ -34,6 +34,14 @@ clip's duration to the nearest period, the stage keeps whole periods only (centr
 frames. The ratio of sampled frames per wall second is printed beside the clip-s/s ratio: it
 counts the work each side did.
 
+Fixed cost and cost per added clip: both sides run again, whole, on the set's first
+``--fixed-clips`` clips (default 4; 0 skips it). Their wall there is each side's fixed cost (pool
+or server start-up, imports, model loads, a few clips), and ``(wall on all clips - wall on the
+few) / (clips - few)`` its wall seconds per added clip: the ratio of those is what the
+clip-s/s ratio tends to on many more clips, where start-up no longer counts. The output also
+says what the stage's wall would have to be for a given speed-up (``--target``, default 3) and
+sets its fixed cost beside it.
+
 Sets: ``real`` is every video of ``../shared/realdata/manifest.csv`` (``has_video``), cycled to
 ``--clips`` clips; ``synth`` is the first ``--clips`` video clips (in clip-key order) of the
 synthetic corpus's manifest, cycled likewise if there are fewer. Every clip is a symlink of its
@@ -303,9 +311,15 @@ def summarise(side: dict[str, Any], media_s: float) -> dict[str, Any]:
 
 
 def bench(
-    clips: list[Clip], workers: int, params: Path, scratch: Path, skip_stage: bool = False
+    clips: list[Clip],
+    workers: int,
+    params: Path,
+    scratch: Path,
+    skip_stage: bool = False,
+    fixed_clips: int = 0,
 ) -> dict[str, Any]:
-    """Both sides on ``clips`` (baseline first); the figures of the run."""
+    """Both sides on ``clips`` (baseline first), then, when ``0 < fixed_clips < len(clips)``,
+    both again on the first ``fixed_clips`` clips (:func:`fixed_and_marginal`); the figures."""
     clip_root = scratch / "clips"
     listing = materialise(clips, clip_root)
     paths = [clip_root / c.name for c in clips]
@@ -317,11 +331,24 @@ def bench(
         "workers": workers,
     }
     out["baseline"] = summarise(run_baseline(paths, workers, scratch / "jpeg"), media_s)
+    few = 0 < fixed_clips < len(clips)
+    if few:  # the first clips in a folder of their own (a layout lists every file it holds)
+        few_root = scratch / "few" / "clips"
+        few_listing = materialise(clips[:fixed_clips], few_root)
+        few_paths = [few_root / c.name for c in clips[:fixed_clips]]
+        base_few = run_baseline(few_paths, workers, scratch / "jpeg")
+        out["fixed"] = {"clips": fixed_clips, "baseline_wall_s": base_few["wall_s"]}
     if not skip_stage:
         project = scratch / "project"
         project.mkdir()
         manifest = stage_project(params, clip_root, listing, project)
         out["stage"] = summarise(run_stage(project, manifest, workers), media_s)
+        if few:
+            small = scratch / "few" / "project"
+            small.mkdir()
+            few_manifest = stage_project(params, few_root, few_listing, small)
+            out["fixed"]["stage_wall_s"] = run_stage(small, few_manifest, workers)["wall_s"]
+            out |= fixed_and_marginal(out)
         out["stage_vs_baseline_clip_s_per_s"] = round(
             out["stage"]["clip_s_per_s"] / max(out["baseline"]["clip_s_per_s"], 1e-9), 2
         )
@@ -331,7 +358,23 @@ def bench(
     return out
 
 
-def report_lines(name: str, r: dict[str, Any]) -> list[str]:
+def fixed_and_marginal(r: dict[str, Any]) -> dict[str, Any]:
+    """From a run with its ``fixed`` (few-clip) walls: each side's wall seconds per added clip,
+    and their ratio (field-style over stage: the speed-up on many more clips)."""
+    n, few = r["clips"], r["fixed"]
+    per_clip = {
+        side: (r[side]["wall_s"] - few[f"{side}_wall_s"]) / (n - few["clips"])
+        for side in ("baseline", "stage")
+    }
+    return {
+        "per_added_clip_s": {k: round(v, 5) for k, v in per_clip.items()},
+        "stage_vs_baseline_per_added_clip": round(
+            per_clip["baseline"] / max(per_clip["stage"], 1e-9), 2
+        ),
+    }
+
+
+def report_lines(name: str, r: dict[str, Any], target: float = 3.0) -> list[str]:
     lines = [
         f"set {name}: {r['clips']} clips ({r['distinct_files']} distinct files), "
         f"{r['media_s']} clip-s of media, {r['workers']} workers"
@@ -358,6 +401,22 @@ def report_lines(name: str, r: dict[str, Any]) -> list[str]:
             f"  stage / field-style sampled frames/s: {r['stage_vs_baseline_frames_per_s']:.2f}x "
             f"({r['stage']['frames_sampled']} against {r['baseline']['frames_sampled']} frames)"
         )
+    if "stage_vs_baseline_per_added_clip" in r:
+        few, per = r["fixed"], r["per_added_clip_s"]
+        lines.append(
+            f"  fixed cost (the whole command on {few['clips']} clips): field-style "
+            f"{few['baseline_wall_s']:.2f} s, faces stage {few['stage_wall_s']:.2f} s"
+        )
+        lines.append(
+            f"  per added clip: field-style {per['baseline'] * 1000:.1f} ms, faces stage "
+            f"{per['stage'] * 1000:.1f} ms -> {r['stage_vs_baseline_per_added_clip']:.2f}x "
+            "(the ratio on many more clips)"
+        )
+        need = r["baseline"]["wall_s"] / target
+        lines.append(
+            f"  {target:g}x on this set needs the stage within {need:.2f} s; its fixed cost "
+            f"alone is {few['stage_wall_s']:.2f} s"
+        )
     return lines
 
 
@@ -375,6 +434,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--manifest", type=Path, default=Path("data/manifest/clips.parquet"))
     ap.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
     ap.add_argument("--baseline-only", action="store_true", help="skip the stage (debugging)")
+    ap.add_argument("--fixed-clips", type=int, default=4,
+                    help="also run both sides on this many clips: fixed cost and cost per "
+                    "added clip (0: skip)")  # fmt: skip
+    ap.add_argument("--target", type=float, default=3.0,
+                    help="the speed-up whose stage wall is printed (default 3)")  # fmt: skip
     args = ap.parse_args(argv)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     results: dict[str, Any] = {}
@@ -385,9 +449,16 @@ def main(argv: list[str] | None = None) -> None:
             sources = synth_sources(args.corpus, args.manifest, args.clips)
         clips = cycle_clips(sources, args.clips)
         with tempfile.TemporaryDirectory(prefix=f"field_faces_{name}_") as tmp:
-            r = bench(clips, args.workers, args.params.resolve(), Path(tmp), args.baseline_only)
+            r = bench(
+                clips,
+                args.workers,
+                args.params.resolve(),
+                Path(tmp),
+                args.baseline_only,
+                args.fixed_clips,
+            )
         results[name] = r
-        print("\n".join(report_lines(name, r)), flush=True)
+        print("\n".join(report_lines(name, r, args.target)), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")

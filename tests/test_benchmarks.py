@@ -49,6 +49,35 @@ def test_field_faces_reports_the_frames_each_side_sampled() -> None:
     assert lines[-1] == "  stage / field-style sampled frames/s: 1.67x (500 against 600 frames)"
 
 
+def test_field_faces_reports_fixed_cost_and_cost_per_added_clip() -> None:
+    """Per added clip: (wall on all clips - wall on the few) / the clips added, each side; the
+    speed-up line sets the stage's fixed cost beside the wall the target needs."""
+    r: dict = {"clips": 204, "distinct_files": 1, "media_s": 600.0, "workers": 2}
+    r["baseline"] = field_faces.summarise(
+        {"wall_s": 24.0, "frames_sampled": 6, "frames_with_face": 6, "extractor": "x"}, 600.0
+    )
+    r["stage"] = field_faces.summarise(
+        {"wall_s": 10.0, "frames_sampled": 6, "frames_with_face": 6, "flow_wall_s": 5.0,
+         "prefect": "p"}, 600.0,
+    )  # fmt: skip
+    r["fixed"] = {"clips": 4, "baseline_wall_s": 4.0, "stage_wall_s": 6.0}
+    r |= field_faces.fixed_and_marginal(r)
+    assert r["per_added_clip_s"] == {"baseline": 0.1, "stage": 0.02}
+    assert r["stage_vs_baseline_per_added_clip"] == 5.0
+    lines = field_faces.report_lines("real", r, target=3.0)
+    assert lines[-3] == (
+        "  fixed cost (the whole command on 4 clips): field-style 4.00 s, faces stage 6.00 s"
+    )
+    assert lines[-2] == (
+        "  per added clip: field-style 100.0 ms, faces stage 20.0 ms -> 5.00x "
+        "(the ratio on many more clips)"
+    )
+    assert (
+        lines[-1]
+        == "  3x on this set needs the stage within 8.00 s; its fixed cost alone is 6.00 s"
+    )
+
+
 @pytest.mark.realdata
 def test_real_set_repeats_files_under_distinct_names(realdata: Path, tmp_path: Path) -> None:
     sources = field_faces.real_sources(realdata)[:2]
