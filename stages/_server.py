@@ -11,7 +11,11 @@ stages.<name>`` command does (:func:`prestart`): the server's own start-up (its 
 database: 4-5 s) then overlaps with the stage's imports and model loading.
 
 The server runs in Prefect's ephemeral mode (``PREFECT__SERVER_EPHEMERAL=1``, no UI, none of the
-background services), as Prefect's own temporary server does, on a port of its own, and stops
+background services), as Prefect's own temporary server does, without Prefect's usage telemetry
+unless ``PREFECT_SERVER_ANALYTICS_ENABLED`` asks for it (left on, a temporary server's heartbeat
+tried to reach Prefect's servers, which machines without internet cannot, and to record its
+session in the database while the flow wrote to it: "database is locked" tracebacks on the
+console of a stage command run without the Makefile's settings), on a port of its own, and stops
 when its command does (:meth:`Server.stop`, also registered with ``atexit``), or, when the
 command is killed outright, by itself once it sees its parent gone (:data:`_WATCHED`).
 """
@@ -94,6 +98,7 @@ class Server:
         self.port = free_port()
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1"}
         env["PREFECT__SERVER_FINAL"] = "1"
+        env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # see the module doc
         self._proc = subprocess.Popen(
             [sys.executable, "-c", _WATCHED, str(os.getpid()), "--app-dir", str(app_dir),
              "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",

@@ -304,6 +304,27 @@ def test_a_killed_command_leaves_no_temporary_server_behind() -> None:
     assert not _running(server)
 
 
+@pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="reads /proc")
+@pytest.mark.parametrize("user", [None, "true"])
+def test_a_temporary_server_sends_no_telemetry_unless_asked(
+    user: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The temporary server starts with Prefect's usage telemetry off, unless the user's own
+    environment turns it on."""
+    if user is None:
+        monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
+    else:
+        monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", user)
+    server = _server.Server()
+    try:
+        assert server._proc is not None
+        env = Path(f"/proc/{server._proc.pid}/environ").read_bytes().split(b"\0")
+    finally:
+        server.stop()
+    expected = f"PREFECT_SERVER_ANALYTICS_ENABLED={user or 'false'}".encode()
+    assert expected in env
+
+
 @pytest.mark.slow
 def test_prefect_api_runs_meanwhile_and_serves(
     prefect_server: str, monkeypatch: pytest.MonkeyPatch
