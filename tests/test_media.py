@@ -13,9 +13,11 @@ from PIL import Image
 from pipeline.preprocess.detector import DetectorConfig, FaceDetector
 from pipeline.preprocess.media import (
     MediaError,
+    is_mpeg_program_stream,
     read_audio,
     read_crop_folder,
     read_frames,
+    sample_indices,
     sample_times,
 )
 from pipeline.preprocess.vad import VadConfig, frame_decisions, speech_segments
@@ -80,6 +82,80 @@ def test_vad_energy_gate_rejects_faint_noise_after_digital_silence() -> None:
     gated = frame_decisions(audio, sr, VAD)
     n_noise = (sr // 2 + sr) // 480
     assert not gated[sr // 2 // 480 : n_noise].any()
+
+
+def _mpeg_ps(path: Path, frames: int, video: bool = True) -> Path:
+    """A small MPEG program stream (MPEG-1 video at 25 fps, each frame its own shade and a
+    moving mark; or MP2 audio only)."""
+    from pipeline.cpu_pin import pin_ffmpeg
+
+    pin_ffmpeg("av")
+    with av.open(str(path), "w", format="mpeg") as out:
+        if not video:
+            audio = out.add_stream("mp2", rate=16000, layout="mono")
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.int16), format="s16")
+            frame.sample_rate, frame.pts = 16000, 0
+            for packet in [*audio.encode(frame), *audio.encode()]:
+                out.mux(packet)
+            return path
+        stream = out.add_stream("mpeg1video", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for k in range(frames):
+            img = np.zeros((48, 64, 3), np.uint8)
+            img[..., 0], img[:8, k % 60 : k % 60 + 4] = 3 * k, 255
+            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+            vf.pts = k
+            for packet in stream.encode(vf):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def test_mpeg_program_streams_are_decoded_by_pyav_as_decord_would(tmp_path: Path) -> None:
+    """An MPEG program stream is told by its first bytes and decoded by PyAV: the sampled frames
+    are those decord returns when it reads the file frame by frame (its random access,
+    ``get_batch``, returned frames 0, 1, 2 for 12, 37, 62 on this file), the same pixels."""
+    import decord
+
+    ps = _mpeg_ps(tmp_path / "clip.mpg", 75)
+    assert is_mpeg_program_stream(ps)
+    mp4 = tmp_path / "clip.mp4"
+    mp4.write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(16))  # an MP4's first box
+    assert not is_mpeg_program_stream(mp4)
+    for rate in (1.0, 3.0, 40.0):
+        times, frames = read_frames(ps, rate)
+        expected_times, idx = sample_indices(75, 25.0, rate)
+        np.testing.assert_array_equal(times, expected_times)
+        vr = decord.VideoReader(str(ps), ctx=decord.cpu(0), num_threads=1)
+        in_order = np.stack([vr.next().asnumpy() for _ in range(len(vr))])
+        assert len(in_order) == 75
+        np.testing.assert_array_equal(frames, in_order[idx])
+    with pytest.raises(MediaError, match=r"audio\.mpg: cannot decode video: no video stream"):
+        read_frames(_mpeg_ps(tmp_path / "audio.mpg", 0, video=False), 1.0)
+
+
+@pytest.mark.realdata
+def test_grid_clips_are_sampled_at_ffmpegs_own_frames(realdata: Path) -> None:
+    """GRID's MPEG-1 program streams: the sampled frames are the ffmpeg command line's frames at
+    the sampled numbers (decord's were 12 frames late: 92-162 levels off)."""
+    import subprocess
+
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    clips = sorted(r["file"] for r in _real_rows(realdata) if r["file"].endswith(".mpg"))
+    assert clips
+    for name in clips[:2]:
+        path = realdata / name
+        times, frames = read_frames(path, 1.0)
+        raw = subprocess.run(
+            [imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-cpuflags", "0", "-i",
+             str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+            check=True, capture_output=True,
+        ).stdout  # fmt: skip
+        every = np.frombuffer(raw, np.uint8).reshape(-1, *frames.shape[1:])
+        expected_times, idx = sample_indices(len(every), 25.0, 1.0)
+        np.testing.assert_array_equal(times, expected_times)
+        np.testing.assert_array_equal(frames, every[idx])
 
 
 def _real_rows(realdata: Path) -> list[dict[str, str]]:

@@ -4,12 +4,20 @@ decord bundles its own FFmpeg. It raises ``DECORDError`` for a file without an a
 ``RuntimeError`` for a missing file; both become :class:`MediaError` naming the file. Callers that
 process untrusted files should run these in worker processes with a timeout (decord has been
 reported to hang in native code on damaged files).
+
+MPEG program streams (``.mpg``, ``.vob``; MPEG-1/2 video, e.g. the GRID corpus) are the one
+exception for video: their frames are decoded with PyAV (:func:`read_frames`). decord miscounts
+them: on GRID's clips, whose first group of pictures has repeated decoding timestamps, decord's
+frame k is frame k + 12 of FFmpeg's own decoding (PyAV and the ffmpeg command line agree), the
+first 0.48 s are never returned, and the last frame is repeated 12 times at the end. Audio is
+unaffected (decord's and PyAV's samples agree to within the resampler's delay).
 """
 
 from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -53,26 +61,93 @@ def sample_times(duration_s: float, rate_hz: float) -> np.ndarray:
     return (np.arange(n) + 0.5) / rate_hz
 
 
+#: The first bytes of an MPEG program stream (a pack header's start code).
+MPEG_PS_START = b"\x00\x00\x01\xba"
+
+
+def is_mpeg_program_stream(path: Path) -> bool:
+    """Whether ``path`` holds an MPEG program stream (it starts with a pack header)."""
+    with path.open("rb") as f:
+        return f.read(len(MPEG_PS_START)) == MPEG_PS_START
+
+
+def sample_indices(n_frames: int, fps: float, rate_hz: float) -> tuple[np.ndarray, np.ndarray]:
+    """The instants (:func:`sample_times`) and frame numbers sampled at ``rate_hz`` from
+    ``n_frames`` frames at ``fps``: each instant's frame (the one whose period holds it)."""
+    times = sample_times(n_frames / fps, rate_hz)
+    return times, np.clip(np.round(times * fps - 0.5).astype(int), 0, n_frames - 1)
+
+
 def read_frames(path: Path | str, rate_hz: float) -> tuple[np.ndarray, np.ndarray]:
-    """Frames sampled at ``rate_hz``: (times_s (K,), frames (K, H, W, 3) uint8 RGB)."""
+    """Frames sampled at ``rate_hz``: (times_s (K,), frames (K, H, W, 3) uint8 RGB). MPEG program
+    streams are decoded by PyAV (see the module doc), everything else by decord."""
     import decord
 
-    pin_ffmpeg("decord")
     p = _existing_file(path)
+    if is_mpeg_program_stream(p):
+        return _read_frames_pyav(p, rate_hz)
+    pin_ffmpeg("decord")
     try:
         vr = decord.VideoReader(str(p), ctx=decord.cpu(0), num_threads=1)
         fps = float(vr.get_avg_fps())
         n = len(vr)
         if n == 0 or fps <= 0:
             raise MediaError(f"{p}: no video frames")
-        times = sample_times(n / fps, rate_hz)
-        idx = np.clip(np.round(times * fps - 0.5).astype(int), 0, n - 1)
+        times, idx = sample_indices(n, fps, rate_hz)
         frames = vr.get_batch(list(idx)).asnumpy()
     except MediaError:
         raise
     except Exception as e:  # decord raises DECORDError / RuntimeError with C++ messages
         raise MediaError(f"{p}: cannot decode video: {_reason(e, 'video')}") from e
     return times, frames
+
+
+def _read_frames_pyav(p: Path, rate_hz: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_frames` by PyAV: every frame decoded in order (one thread, FFmpeg's C code
+    paths as decord's), the candidates for the sampled frame numbers kept as RGB (the numbers
+    depend on the frame count only through the last instants, so the kept frames stay few)."""
+    import av
+
+    pin_ffmpeg("av")
+    try:
+        with av.open(str(p)) as container:
+            if not container.streams.video:
+                raise MediaError(f"{p}: cannot decode video: no video stream in the file")
+            stream = container.streams.video[0]
+            stream.thread_count = 1
+            rate = stream.average_rate or stream.guessed_rate
+            fps = float(rate) if rate else 0.0
+            if fps <= 0:
+                raise MediaError(f"{p}: no video frames")
+            kept: dict[int, np.ndarray] = {}
+            wanted = _candidate_frames(fps, rate_hz)
+            nxt, n, last = next(wanted), 0, None
+            for frame in container.decode(stream):
+                if n == nxt:
+                    kept[n] = frame.to_ndarray(format="rgb24")
+                    while nxt <= n:
+                        nxt = next(wanted)
+                last, n = frame, n + 1
+    except MediaError:
+        raise
+    except Exception as e:  # PyAV raises av.error.* (FFmpeg's messages) and ValueError
+        raise MediaError(f"{p}: cannot decode video: {type(e).__name__}: {e}"[:400]) from e
+    if n == 0 or last is None:
+        raise MediaError(f"{p}: no video frames")
+    times, idx = sample_indices(n, fps, rate_hz)
+    if n - 1 not in kept:  # an instant past the last frame's period takes the last frame
+        kept[n - 1] = last.to_ndarray(format="rgb24")
+    return times, np.stack([kept[int(i)] for i in idx])
+
+
+def _candidate_frames(fps: float, rate_hz: float) -> Iterator[int]:
+    """Frame numbers of the instants :func:`sample_indices` takes, in order, for any frame count
+    (the same float arithmetic, one instant at a time)."""
+    k = 0
+    while True:
+        t = (np.float64(k) + 0.5) / rate_hz
+        yield int(np.round(t * fps - 0.5))
+        k += 1
 
 
 def read_audio(path: Path | str, sample_rate_hz: int = 16000) -> np.ndarray:
