@@ -6,10 +6,12 @@ process untrusted files should run these in worker processes with a timeout (dec
 reported to hang in native code on damaged files).
 
 MPEG program streams (``.mpg``, ``.vob``; MPEG-1/2 video, e.g. the GRID corpus) are the one
-exception for video: their frames are decoded with PyAV (:func:`read_frames`). decord miscounts
-them: on GRID's clips, whose first group of pictures has repeated decoding timestamps, decord's
-frame k is frame k + 12 of FFmpeg's own decoding (PyAV and the ffmpeg command line agree), the
-first 0.48 s are never returned, and the last frame is repeated 12 times at the end. Audio is
+exception for video: their frames are decoded with PyAV (:func:`read_frames`). decord returns
+the wrong frames from them: on GRID's clips, whose first group of pictures has repeated decoding
+timestamps, decord's frame k is frame k + 12 of FFmpeg's own decoding (PyAV and the ffmpeg
+command line agree), the first 0.48 s are never returned, and the last frame is repeated 12
+times at the end; on a program stream PyAV writes, decord reads the frames right in order but
+its random access (``get_batch``) returns frames 0, 1, 2 when asked for 12, 37, 62. Audio is
 unaffected (decord's and PyAV's samples agree to within the resampler's delay).
 """
 
@@ -128,15 +130,15 @@ def _read_frames_pyav(p: Path, rate_hz: float) -> tuple[np.ndarray, np.ndarray]:
                     while nxt <= n:
                         nxt = next(wanted)
                 last, n = frame, n + 1
+            if n == 0 or last is None:
+                raise MediaError(f"{p}: no video frames")
+            times, idx = sample_indices(n, fps, rate_hz)
+            if n - 1 in idx and n - 1 not in kept:  # clipped to the last frame
+                kept[n - 1] = last.to_ndarray(format="rgb24")
     except MediaError:
         raise
     except Exception as e:  # PyAV raises av.error.* (FFmpeg's messages) and ValueError
         raise MediaError(f"{p}: cannot decode video: {type(e).__name__}: {e}"[:400]) from e
-    if n == 0 or last is None:
-        raise MediaError(f"{p}: no video frames")
-    times, idx = sample_indices(n, fps, rate_hz)
-    if n - 1 not in kept:  # an instant past the last frame's period takes the last frame
-        kept[n - 1] = last.to_ndarray(format="rgb24")
     return times, np.stack([kept[int(i)] for i in idx])
 
 
