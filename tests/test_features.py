@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import av
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,6 +14,7 @@ from pipeline.preprocess.shards import ClipRef
 from pipeline.preprocess.vad import VadConfig, read_speech
 from pipeline.preprocess.voice_features import VoiceConfig, voice_shard
 from pipeline.schema import VOICE_FEATURES, features_of, read_table
+from tests.helpers import write_silent_audio
 from tests.test_media import _video_only
 
 FBANK = FeatureConfig("fbank", 64, 25.0, 10.0, True)
@@ -54,19 +54,7 @@ def test_melspec_front_end_and_short_input() -> None:
 
 
 def _silent_audio(path: Path) -> Path:
-    with av.open(str(path), "w", format="mp4") as out:
-        s = out.add_stream("aac", rate=16000, layout="mono")
-        for i in range(0, 32000, 1024):
-            f = av.AudioFrame.from_ndarray(
-                np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
-            )
-            f.sample_rate = 16000
-            f.pts = i
-            for pkt in s.encode(f):
-                out.mux(pkt)
-        for pkt in s.encode():
-            out.mux(pkt)
-    return path
+    return write_silent_audio(path)
 
 
 def test_voice_shard_with_bad_files(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -21,6 +20,7 @@ from pipeline.preprocess.media import (
     sample_times,
 )
 from pipeline.preprocess.vad import VadConfig, frame_decisions, speech_segments
+from tests.helpers import write_silent_audio, write_video
 
 DET = DetectorConfig(40, (0.6, 0.7, 0.7), 0.709, 32)
 VAD = VadConfig(2, 30, 0, 35.0)
@@ -32,17 +32,7 @@ def test_sample_times_are_centred() -> None:
 
 
 def _video_only(path: Path) -> Path:
-    with av.open(str(path), "w", format="mp4") as out:
-        s = out.add_stream("libx264", rate=25)
-        s.width = s.height = 64
-        s.pix_fmt = "yuv420p"
-        for k in range(10):
-            f = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 20 * k, np.uint8), format="rgb24")
-            for pkt in s.encode(f):
-                out.mux(pkt)
-        for pkt in s.encode():
-            out.mux(pkt)
-    return path
+    return write_video(path, [np.full((64, 64, 3), 20 * k, np.uint8) for k in range(10)])
 
 
 def test_bad_files_raise_media_errors_naming_the_file(tmp_path: Path) -> None:
@@ -90,26 +80,14 @@ def _mpeg_ps(path: Path, frames: int, video: bool = True) -> Path:
     from pipeline.cpu_pin import pin_ffmpeg
 
     pin_ffmpeg("av")
-    with av.open(str(path), "w", format="mpeg") as out:
-        if not video:
-            audio = out.add_stream("mp2", rate=16000, layout="mono")
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.int16), format="s16")
-            frame.sample_rate, frame.pts = 16000, 0
-            for packet in [*audio.encode(frame), *audio.encode()]:
-                out.mux(packet)
-            return path
-        stream = out.add_stream("mpeg1video", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for k in range(frames):
-            img = np.zeros((48, 64, 3), np.uint8)
-            img[..., 0], img[:8, k % 60 : k % 60 + 4] = 3 * k, 255
-            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
-            vf.pts = k
-            for packet in stream.encode(vf):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
+    if not video:
+        return write_silent_audio(path, "mp2", "mpeg", "s16")
+    images = []
+    for k in range(frames):
+        img = np.zeros((48, 64, 3), np.uint8)
+        img[..., 0], img[:8, k % 60 : k % 60 + 4] = 3 * k, 255
+        images.append(img)
+    return write_video(path, images, "mpeg1video", "mpeg")
 
 
 def test_mpeg_program_streams_are_decoded_by_pyav_as_decord_would(tmp_path: Path) -> None:
